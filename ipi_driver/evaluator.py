@@ -1,0 +1,223 @@
+"""Turn i-PI requests (cells and positions in Bohr) into i-PI replies (Hartree units).
+
+:class:`ForceEvaluator` is shared by the socket driver, the PES class used by
+``i-pi-py_driver -m custom`` and ``<ffdirect>``, and the benchmarks. A whole i-PI
+batch (e.g. all PIMD beads) becomes ONE batched model call, with one host->device copy
+in and one device->host copy out.
+
+Modes:
+* ``conservative``: E, F = -dE/dr, virial W = -dE/dstrain (autograd).
+* ``direct``: direct forces without an autograd graph; E from the energy head if the
+  model has one (else 0, flagged in extras); the direct virial if the model predicts
+  one, else zeros (flagged ``virial_available: false`` and warned once).
+* ``correction``: F_cons - F_direct and W_cons - W_direct, energy 0 (the energy is
+  carried by the level that serves ``direct`` or ``conservative``).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from ipi_driver.units import (
+    ANGSTROM_PER_BOHR,
+    HARTREE_BOHR_PER_EV_ANGSTROM,
+    HARTREE_PER_EV,
+)
+from models.base import DIRECT_HEAD, ENERGY_HEAD, Batch, PotentialModel, evaluate
+
+MODES = ("conservative", "direct", "correction")
+HEADS_FOR_MODE = {
+    "conservative": (ENERGY_HEAD,),
+    "direct": (DIRECT_HEAD,),
+    "correction": (ENERGY_HEAD, DIRECT_HEAD),
+}
+
+
+class ForceError(RuntimeError):
+    """The model produced forces that must not be sent to i-PI (NaN/inf or absurd)."""
+
+
+@dataclass
+class RequestTimings:
+    """Wall-clock seconds spent per request, split into stages."""
+
+    to_device: list[float] = field(default_factory=list)
+    model: list[float] = field(default_factory=list)
+    to_host: list[float] = field(default_factory=list)
+    structures: int = 0
+
+    def summary(self) -> str:
+        n = len(self.model)
+        if n == 0:
+            return "no requests served"
+        ms = lambda xs: 1e3 * float(np.mean(xs))  # noqa: E731
+        return (
+            f"{n} requests, {self.structures} structures; mean per request: "
+            f"copy in {ms(self.to_device):.3f} ms, model {ms(self.model):.3f} ms, "
+            f"copy out {ms(self.to_host):.3f} ms"
+        )
+
+
+class ForceEvaluator:
+    """Evaluate one model in one mode for i-PI.
+
+    model: a loaded PotentialModel (already on ``device`` in ``dtype``).
+    species: (N,) atomic numbers of the structure i-PI simulates, in i-PI's atom order.
+    mode: one of MODES.
+    remove_net_force: subtract the mean force so the net force is zero (direct forces
+      have a non-zero sum that drifts the centre of mass).
+    max_force_ev_ang: replies with |F| above this (eV/A) are refused as absurd.
+    extras_other_head: also return the other head's forces (eV/A) in the extras JSON.
+    """
+
+    def __init__(
+        self,
+        model: PotentialModel,
+        species: np.ndarray | list[int],
+        mode: str = "conservative",
+        *,
+        remove_net_force: bool = False,
+        max_force_ev_ang: float = 1000.0,
+        extras_other_head: bool = False,
+    ):
+        if mode not in MODES:
+            raise ValueError(f"unknown mode '{mode}' (choose from {', '.join(MODES)})")
+        for head in HEADS_FOR_MODE[mode]:
+            model.require_head(head)
+        self.model = model
+        self.mode = mode
+        param = next(iter(model.parameters()), None)
+        buffer = next(iter(model.buffers()), None)
+        reference = param if param is not None else buffer
+        self.device = reference.device if reference is not None else torch.device("cpu")
+        self.dtype = reference.dtype if reference is not None else torch.float64
+        self.species = torch.as_tensor(np.asarray(species), dtype=torch.long, device=self.device)
+        model.check_species(self.species)
+        self.remove_net_force = remove_net_force
+        self.max_force_ev_ang = float(max_force_ev_ang)
+        self.extras_other_head = extras_other_head
+        self.timings = RequestTimings()
+        self.requests = 0
+        self._warned_virial = False
+
+    def _batch(self, cells_bohr: list[np.ndarray], positions_bohr: list[np.ndarray]) -> Batch:
+        n_atoms = len(self.species)
+        for pos in positions_bohr:
+            if pos.size != 3 * n_atoms:
+                raise ValueError(
+                    f"i-PI sent {pos.size // 3} atoms but the structure template has {n_atoms}; "
+                    "use the same structure file for i-PI and the driver"
+                )
+        # i-PI's cell h holds lattice vectors as columns; models want rows
+        cells = np.stack([np.asarray(h, dtype=np.float64).reshape(3, 3).T for h in cells_bohr])
+        positions = np.stack([np.asarray(p, dtype=np.float64).reshape(n_atoms, 3) for p in positions_bohr])
+        host = torch.from_numpy(np.concatenate([positions.reshape(-1), cells.reshape(-1)]) * ANGSTROM_PER_BOHR)
+        flat = host.to(device=self.device, dtype=self.dtype, non_blocking=False)
+        n_pos = positions.size
+        return Batch(
+            species=self.species,
+            positions=flat[:n_pos].reshape(positions.shape),
+            cells=flat[n_pos:].reshape(cells.shape),
+        )
+
+    def _predict(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict]:
+        """energy (B,) eV, forces (B,N,3) eV/A, virial (B,3,3) eV, extra tensors."""
+        extra: dict[str, torch.Tensor] = {}
+        zeros_virial = torch.zeros(batch.n_structures, 3, 3, dtype=self.dtype, device=self.device)
+        if self.mode == "conservative":
+            want_direct = self.extras_other_head and DIRECT_HEAD in self.model.heads
+            p = evaluate(self.model, batch, conservative=True, direct=want_direct)
+            if want_direct:
+                extra["direct_forces"] = p.direct_forces
+            return p.energy, p.forces, p.virial, extra
+        if self.mode == "direct":
+            want_cons = self.extras_other_head and ENERGY_HEAD in self.model.heads
+            p = evaluate(self.model, batch, conservative=want_cons, direct=True)
+            if want_cons:
+                extra["conservative_forces"] = p.forces
+            energy = p.energy if p.energy is not None else torch.zeros_like(zeros_virial[:, 0, 0])
+            virial = p.direct_virial
+            if virial is None:
+                virial = zeros_virial
+                if not self._warned_virial:
+                    print(
+                        "ipi-nc driver: this model predicts no direct stress; the virial sent to i-PI is zero "
+                        "(fine for NVE/NVT/PIMD at fixed cell, wrong for NPT)",
+                        file=sys.stderr,
+                    )
+                    self._warned_virial = True
+            return energy, p.direct_forces, virial, extra
+        p = evaluate(self.model, batch, conservative=True, direct=True)
+        dv = p.direct_virial if p.direct_virial is not None else zeros_virial
+        return torch.zeros_like(p.energy), p.forces - p.direct_forces, p.virial - dv, extra
+
+    def _check(self, forces: np.ndarray) -> None:
+        if not np.all(np.isfinite(forces)):
+            raise ForceError(
+                f"model returned NaN/inf forces at request {self.requests} ({self.mode} mode); not sent to i-PI"
+            )
+        largest = float(np.abs(forces).max()) if forces.size else 0.0
+        if largest > self.max_force_ev_ang:
+            raise ForceError(
+                f"model returned an absurd force of {largest:.3g} eV/A (limit {self.max_force_ev_ang:g}) "
+                f"at request {self.requests} ({self.mode} mode); not sent to i-PI"
+            )
+
+    def __call__(
+        self, cells_bohr: list[np.ndarray], positions_bohr: list[np.ndarray]
+    ) -> list[tuple[float, np.ndarray, np.ndarray, str]]:
+        """Evaluate a batch; returns one (energy Ha, forces Ha/Bohr (N,3), virial Ha (3,3), extras JSON)
+        per structure, in i-PI's atomic units."""
+        self.requests += 1
+        t0 = time.perf_counter()
+        batch = self._batch(cells_bohr, positions_bohr)
+        t1 = time.perf_counter()
+        energy, forces, virial, extra = self._predict(batch)
+        if self.remove_net_force and self.mode != "conservative":
+            forces = forces - forces.mean(dim=1, keepdim=True)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        t2 = time.perf_counter()
+        n = batch.n_structures
+        # one device->host copy for everything
+        packed = torch.cat([energy.reshape(n, 1), forces.reshape(n, -1), virial.reshape(n, 9)], dim=1)
+        host = packed.detach().to("cpu", torch.float64).numpy()
+        extra_host = {k: v.detach().to("cpu", torch.float64).numpy() for k, v in extra.items()}
+        t3 = time.perf_counter()
+        self._check(host[:, 1:-9])
+        self.timings.to_device.append(t1 - t0)
+        self.timings.model.append(t2 - t1)
+        self.timings.to_host.append(t3 - t2)
+        self.timings.structures += n
+
+        results = []
+        has_energy = ENERGY_HEAD in self.model.heads and self.mode != "correction"
+        for b in range(n):
+            extras = {
+                "mode": self.mode,
+                "energy_available": has_energy,
+                "model_ms": 1e3 * (t2 - t1) / n,
+            }
+            if self.mode == "direct":
+                extras["virial_available"] = self.model_has_direct_virial
+            for key, value in extra_host.items():
+                extras[key + "_ev_ang"] = value[b].tolist()
+            results.append(
+                (
+                    float(host[b, 0] * HARTREE_PER_EV),
+                    host[b, 1:-9].reshape(-1, 3) * HARTREE_BOHR_PER_EV_ANGSTROM,
+                    host[b, -9:].reshape(3, 3) * HARTREE_PER_EV,
+                    json.dumps(extras),
+                )
+            )
+        return results
+
+    @property
+    def model_has_direct_virial(self) -> bool:
+        return bool(getattr(self.model, "predicts_direct_virial", False))

@@ -1,0 +1,83 @@
+"""ipi-ncforces models as an i-PI PES: in-process (``<ffdirect>``) or i-PI's own Python driver.
+
+Command line (i-PI's stock client, no ipi-nc process needed)::
+
+    i-pi-py_driver -u -a water -m custom -P $(python -c 'import ipi_driver.pes as p; print(p.__file__)') \\
+        -o model=water-m.pt,template=water.xyz,mode=direct,device=cpu
+
+Inside i-PI, no socket at all::
+
+    <ffdirect name="direct">
+      <pes>custom</pes>
+      <pes_path>/path/to/ipi_driver/pes.py</pes_path>
+      <parameters>{model: water-m.pt, template: water.xyz, mode: direct}</parameters>
+    </ffdirect>
+
+Parameters: ``model`` (.pt file), ``template`` (any ASE-readable structure with i-PI's
+atom order, used for the species), ``mode`` (conservative | direct | correction),
+``device`` (cpu, cuda, cuda:1), ``dtype`` (float32 | float64; default float64 on CPU,
+float32 on CUDA), ``remove_net_force`` (bool). i-PI batches (``batch_size``) arrive as
+lists and are evaluated in ONE model call.
+"""
+
+from __future__ import annotations
+
+from ipi.pes.dummy import Dummy_driver
+
+__DRIVER_NAME__ = "ncforces"
+__DRIVER_CLASS__ = "NCForcesDriver"
+
+
+def _as_bool(value) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError(f"expected a boolean (true/false), got '{value}'")
+
+
+class NCForcesDriver(Dummy_driver):
+    """i-PI PES serving an ipi-ncforces model; returns Hartree-unit tuples."""
+
+    def __init__(
+        self,
+        model: str,
+        template: str,
+        mode: str = "conservative",
+        device: str = "cpu",
+        dtype: str | None = None,
+        remove_net_force=False,
+        *args,
+        **kwargs,
+    ):
+        self.model_path = model
+        self.template = template
+        self.mode = mode
+        self.device = device
+        self.dtype = dtype
+        self.remove_net_force = _as_bool(remove_net_force)
+        super().__init__(*args, **kwargs)
+
+    def check_parameters(self) -> None:
+        # imported here so that i-PI can scan this file without importing torch
+        from ipi_driver.setup import build_evaluator
+
+        self.evaluator = build_evaluator(
+            model_path=self.model_path,
+            structure_path=self.template,
+            mode=self.mode,
+            device=self.device,
+            dtype=self.dtype,
+            remove_net_force=self.remove_net_force,
+        )
+
+    def compute_structure(self, cell, pos):
+        return self.evaluator([cell], [pos])[0]
+
+    def compute(self, cell, pos):
+        if isinstance(cell, list):
+            return self.evaluator(cell, pos)
+        return self.compute_structure(cell, pos)
