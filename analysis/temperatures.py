@@ -1,0 +1,232 @@
+"""Kinetic temperatures: overall, per species (T_H, T_O), and for PIMD the centroid and
+ring-polymer normal-mode temperatures, with block-averaging error bars.
+
+Sources, per quantity, in this order:
+1. i-PI properties columns: ``temperature`` (T), ``temperature(H)`` or
+   ``temperature(atom=H)`` (T_H), ``temperature(nm=0)`` (T_centroid),
+   ``temperature(nm=k)`` (T_nm<k>);
+2. velocity trajectories (``velocities`` per bead): T_s = sum_i m_i v_i^2 / (k_B n_dof).
+   n_dof = 3 N_s, minus 3 M_s / M when the centre-of-mass momentum is zero in the file
+   (i-PI's default ``fixcom``; detected from the data, as i-PI's own estimator does).
+   With P beads, bead velocities are transformed to i-PI's normal modes
+   (``ipi.utils.nmtransform.mk_nm_matrix``, physical normal-mode masses assumed);
+   T_nm<k> = sum_i m_i u_ik^2 / (k_B P n_dof) and T_s is the mean over modes, like i-PI's
+   ``temperature(atom=s)``. Mode 0 is the centroid.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+from ipi.utils.nmtransform import mk_nm_matrix
+from ipi.utils.units import Constants, unit_to_internal, unit_to_user
+
+from analysis import plotting
+from analysis.readers import (AnalysisInputError, RunFiles, Trajectory, read_properties, read_traj,
+                              species_masks, timestep_ps, warn)
+from analysis.report import fmt, markdown_table, write_report
+from analysis.stats import block_average
+
+# T (K) = m v^2 * this / n_dof for m in amu and v in A/ps (i-PI internal units have k_B = Constants.kb)
+KELVIN_PER_AMU_A2_PS2: float = float(unit_to_user(
+    "temperature", "kelvin",
+    unit_to_internal("mass", "dalton", 1.0)
+    * (unit_to_internal("length", "angstrom", 1.0) / unit_to_internal("time", "picosecond", 1.0)) ** 2
+    / Constants.kb,
+))
+
+
+def label_of_column(name: str) -> str | None:
+    """Table label of an i-PI temperature column (``temperature(H)`` -> ``T_H``), None if not one."""
+    if name == "temperature":
+        return "T"
+    m = re.fullmatch(r"temperature\((.*)\)", name)
+    if not m:
+        return None
+    args = dict(a.split("=", 1) if "=" in a else ("atom", a) for a in m.group(1).split(";"))
+    args = {k.strip(): v.strip() for k, v in args.items()}
+    if "nm" in args and "atom" not in args:
+        return "T_centroid" if int(args["nm"]) == 0 else f"T_nm{int(args['nm'])}"
+    if "bead" in args and "atom" not in args:
+        return f"T_bead{int(args['bead'])}"
+    if set(args) == {"atom"} and not args["atom"].isdigit():
+        return f"T_{args['atom']}"
+    return None
+
+
+def temperatures_from_properties(props) -> dict[str, np.ndarray]:
+    """Label -> temperature series (K) for every temperature column i-PI wrote."""
+    out = {}
+    for name, values in props.values.items():
+        label = label_of_column(name)
+        if label is not None and np.ndim(values) == 1:
+            out[label] = values
+    return out
+
+
+def temperatures_from_velocities(beads: list[Trajectory], messages: list[str] | None = None) -> tuple[dict[str, np.ndarray], dict]:
+    """Label -> temperature series (K) from per-bead velocity trajectories (A/ps).
+
+    Returns (series, info) with info = {"com_removed", "n_beads", "dof"}.
+    """
+    n_frames = min(len(b.data) for b in beads)
+    if any(len(b.data) != n_frames for b in beads):
+        warn(messages, f"bead velocity files have different lengths; used the first {n_frames} frames")
+    v = np.stack([b.data[:n_frames] for b in beads])  # (P, F, N, 3) A/ps
+    masses = beads[0].masses_amu
+    n_beads = v.shape[0]
+    u = np.einsum("kb,bfnc->kfnc", mk_nm_matrix(n_beads), v)  # normal-mode velocities
+    centroid = v.mean(axis=0)
+    momentum = np.abs(np.einsum("n,fnc->fc", masses, centroid)).max(axis=1)
+    scale = np.sqrt(np.einsum("n,fnc->f", masses ** 2, centroid ** 2))
+    com_removed = bool(np.median(momentum / np.maximum(scale, 1e-300)) < 1e-3)
+    mv2 = np.einsum("n,kfnc->kfn", masses, u ** 2) * KELVIN_PER_AMU_A2_PS2  # (P, F, N) K
+    total_mass = masses.sum()
+    groups = {"": np.ones(len(masses), bool)} | species_masks(beads[0].symbols)
+    series: dict[str, np.ndarray] = {}
+    dof_info = {}
+    for s, mask in groups.items():
+        n_dof = 3.0 * mask.sum()
+        fixed = 3.0 * masses[mask].sum() / total_mass if com_removed else 0.0
+        per_mode = mv2[:, :, mask].sum(axis=2) / n_beads  # (P, F)
+        per_mode[0] /= n_dof - fixed
+        per_mode[1:] /= n_dof
+        label = "T" if s == "" else f"T_{s}"
+        series[label] = per_mode.mean(axis=0)
+        dof_info[label] = n_dof - fixed
+        if s == "" and n_beads > 1:
+            series["T_centroid"] = per_mode[0]
+            for k in range(1, n_beads):
+                series[f"T_nm{k}"] = per_mode[k]
+    return series, {"com_removed": com_removed, "n_beads": n_beads, "dof": dof_info}
+
+
+def temperatures_of(run: RunFiles, skip_ps: float = 0.0, source: str = "auto",
+                    timestep_fs: float | None = None) -> dict:
+    """Mean temperatures (K) with block-averaging errors of one run, by label."""
+    messages: list[str] = []
+    series: dict[str, np.ndarray] = {}
+    sources: dict[str, str] = {}
+    info = {}
+    if source in ("auto", "properties") and run.properties is not None:
+        props = read_properties(run.properties)
+        messages += props.warnings
+        t = props["time"] if "time" in props else None
+        found = temperatures_from_properties(props)
+        if found and skip_ps > 0:
+            if t is None:
+                raise AnalysisInputError(f"{run.properties}: --skip-ps needs a time column")
+            keep = t >= t[0] + skip_ps
+            found = {k: v[keep] for k, v in found.items()}
+        series.update(found)
+        sources.update({k: "properties" for k in found})
+    velocity_files = run.trajectory_files("velocities")
+    has_species = any(k.startswith("T_") and k[2:].isalpha() and k != "T_centroid" for k in series)
+    want_velocities = source == "velocities" or (source == "auto" and bool(velocity_files) and not has_species)
+    if want_velocities:
+        if not velocity_files:
+            raise AnalysisInputError(f"{run.prefix}: no velocity trajectory (add <trajectory filename='vel'>"
+                                     f"velocities</trajectory> to the i-PI input) for --source velocities")
+        beads = [read_traj(p) for p in velocity_files]
+        for b in beads:
+            messages += b.warnings
+        found, info = temperatures_from_velocities(beads, messages)
+        if skip_ps > 0:
+            dt = timestep_ps(run, timestep_fs)
+            steps = beads[0].steps[: len(found["T"])]
+            keep = (steps - steps[0]) * dt >= skip_ps
+            found = {k: v[keep] for k, v in found.items()}
+        for k, v in found.items():
+            if k not in series:
+                series[k] = v
+                sources[k] = "velocities"
+        note = "COM momentum is zero in the file: 3 M_s/M dof removed per species" if info["com_removed"] \
+            else "COM momentum not fixed: 3 N_s dof per species"
+        info["note"] = note
+    if not series:
+        raise AnalysisInputError(
+            f"{run.prefix}: no temperature data; write temperature, temperature(H)... properties or a "
+            f"velocities trajectory")
+    stats = {}
+    for label, values in series.items():
+        if len(values) < 4:
+            raise AnalysisInputError(f"{run.prefix}: fewer than 4 samples of {label} after --skip-ps")
+        ba = block_average(values)
+        stats[label] = {"mean_k": ba.mean, "err_k": ba.stderr, "block_size": ba.block_size,
+                        "n_samples": int(len(values)), "source": sources[label]}
+    return {"run": run.name, "temperatures": stats, "velocity_info": info, "warnings": messages,
+            "series": series}
+
+
+def _order(labels: set[str]) -> list[str]:
+    species = sorted(k for k in labels if k.startswith("T_") and k[2:].isalpha() and k != "T_centroid")
+    # H before O like the paper, then the rest alphabetically
+    species.sort(key=lambda k: (k not in ("T_H", "T_O"), k))
+    nm = sorted((k for k in labels if k.startswith("T_nm")), key=lambda k: int(k[4:]))
+    beads = sorted((k for k in labels if k.startswith("T_bead")), key=lambda k: int(k[6:]))
+    head = ["T"] if "T" in labels else []
+    return head + species + (["T_centroid"] if "T_centroid" in labels else []) + nm + beads
+
+
+def table(results: list[dict], target_k: float | None) -> tuple[str, list[str]]:
+    """Markdown table like paper Table 2: <T>, <T_H>, <T_O> (K) and deviations from target."""
+    labels = _order(set().union(*(r["temperatures"] for r in results)))
+    headers = ["run"] + [f"<{k}> (K)" for k in labels]
+    if target_k is not None:
+        headers += [f"Δ{k} (K)" for k in labels]
+    rows = []
+    for r in results:
+        temps = r["temperatures"]
+        row = [r["run"]] + [fmt(temps[k]["mean_k"], temps[k]["err_k"], 5) if k in temps else "-" for k in labels]
+        if target_k is not None:
+            row += [f"{temps[k]['mean_k'] - target_k:+.2f} ± {temps[k]['err_k']:.2g}" if k in temps else "-"
+                    for k in labels]
+        rows.append(row)
+    return markdown_table(headers, rows), labels
+
+
+def plot(results: list[dict], labels: list[str], path: Path, target_k: float | None) -> Path:
+    """Cumulative mean of T, T_H, T_O vs sample, and a bar chart of the means with errors."""
+    fig, axes = plotting.figure(2, 1)
+    main = [k for k in labels if not k.startswith(("T_nm", "T_bead"))]
+    width = 0.8 / max(1, len(results))
+    for i, r in enumerate(results):
+        for k in main:
+            if k in r["series"]:
+                s = r["series"][k]
+                axes[0, 0].plot(np.cumsum(s) / np.arange(1, len(s) + 1), label=f"{r['run']} {k}")
+        means = [r["temperatures"].get(k, {}).get("mean_k", np.nan) for k in labels]
+        errs = [r["temperatures"].get(k, {}).get("err_k", np.nan) for k in labels]
+        ref = target_k if target_k is not None else 0.0
+        axes[1, 0].bar(np.arange(len(labels)) + i * width, np.array(means) - ref, width, yerr=errs,
+                       capsize=3, label=r["run"])
+    axes[0, 0].set_xlabel("sample")
+    axes[0, 0].set_ylabel("running mean T (K)")
+    axes[0, 0].legend(fontsize="x-small", ncol=2)
+    axes[1, 0].set_xticks(np.arange(len(labels)) + 0.4 - width / 2, labels)
+    axes[1, 0].set_ylabel("<T> - target (K)" if target_k is not None else "<T> (K)")
+    axes[1, 0].axhline(0.0, color="k", lw=0.5)
+    axes[1, 0].legend(fontsize="small")
+    return plotting.save(fig, path)
+
+
+def analyze(runs: list[RunFiles], out: Path, target_k: float | None = None, skip_ps: float = 0.0,
+            source: str = "auto", timestep_fs: float | None = None) -> dict:
+    """Temperatures of every run; writes temperatures.json/.md/.png. Returns the report data."""
+    results = [temperatures_of(r, skip_ps, source, timestep_fs) for r in runs]
+    md, labels = table(results, target_k)
+    png = plot(results, labels, Path(out) / "temperatures.png", target_k)
+    warnings = [w for r in results for w in r.pop("warnings")]
+    notes = ["errors: standard error of the mean from block averaging (Flyvbjerg-Petersen blocking, "
+             "block size by the Lee-Kent-Needs criterion).",
+             "T_s from velocities: n_dof = 3 N_s, minus 3 M_s/M if the centre-of-mass momentum is fixed "
+             "(i-PI's fixcom), as in i-PI's temperature(atom=s)."]
+    for r in results:
+        if r["velocity_info"]:
+            notes.append(f"{r['run']}: {r['velocity_info']['note']} ({r['velocity_info']['n_beads']} bead(s)).")
+    data = {"what": "temperatures", "units": "K", "target_k": target_k, "runs": results, "plots": [png.name]}
+    write_report(out, "temperatures", data, md, warnings, notes)
+    data["markdown"] = md
+    return data
