@@ -1,0 +1,141 @@
+"""``ipi-nc bench``: run the benchmarks, print the ratios, write results.json + results.md.
+
+Benchmarks (``--only`` picks a subset): cost (F = t_cons / t_direct per evaluation),
+scaling (cost vs atom count, from cost), md (i-PI throughput: conservative, direct,
+MTS M=2,4,8,16), overhead (socket + i-PI vs ffdirect vs bare model), pimd (32 beads
+batched vs per-bead). Sizes: 192, 1536, 12288 atoms of replicated water.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from benchmarks.common import SIZES_ATOMS, BenchConfig, base_water, machine_info, resolve_model, write_json
+
+BENCHMARKS = ("cost", "scaling", "md", "overhead", "pimd")
+
+
+def _sizes(text: str) -> tuple[int, ...]:
+    try:
+        sizes = tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated atom counts, got '{text}'") from None
+    bad = [s for s in sizes if s not in SIZES_ATOMS]
+    if bad or not sizes:
+        raise argparse.ArgumentTypeError(f"sizes must be among {', '.join(map(str, SIZES_ATOMS))} (got '{text}')")
+    return sizes
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="ipi-nc bench",
+        description="Cost of conservative vs direct forces, MTS speed-up, driver overhead and PIMD batching, "
+        "measured side by side in one run (interleaved repeats, median and spread). Writes OUT/results.json "
+        "and OUT/results.md; times in ms, throughput in steps/s and ns/day.",
+    )
+    p.add_argument("--out", default="bench-out", help="output folder (default bench-out)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda / cuda:K (default cpu)")
+    p.add_argument("--dtype", choices=("float32", "float64"), help="default float64 on cpu, float32 on cuda")
+    p.add_argument(
+        "--model",
+        help="model file (default models/data/water-m.pt; without it an untrained DualHeadPotential, "
+        "else the PairToyModel; the JSON records which)",
+    )
+    p.add_argument("--quick", action="store_true", help="smoke version: 192 atoms, few steps, MTS M=2, 4 beads")
+    p.add_argument("--only", default=",".join(BENCHMARKS), help=f"comma-separated subset of {','.join(BENCHMARKS)}")
+    p.add_argument("--sizes", type=_sizes, help="per-evaluation sizes in atoms (default 192,1536,12288)")
+    p.add_argument(
+        "--md-sizes", type=_sizes, help="i-PI MD sizes in atoms (default 192,1536 on cpu; all three on cuda)"
+    )
+    p.add_argument("--threads", type=int, default=1, help="torch/OpenMP threads per process (default 1)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    only = [b.strip() for b in args.only.split(",") if b.strip()]
+    unknown = [b for b in only if b not in BENCHMARKS]
+    if unknown:
+        print(f"ipi-nc bench: unknown benchmark '{unknown[0]}' (--only): choose from {', '.join(BENCHMARKS)}", file=sys.stderr)
+        return 2
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        print(f"ipi-nc bench: --device {args.device} but torch sees no CUDA GPU here; use --device cpu", file=sys.stderr)
+        return 2
+    if args.threads < 1:
+        print("ipi-nc bench: --threads must be >= 1", file=sys.stderr)
+        return 2
+    torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    gpu = args.device.startswith("cuda")
+    try:
+        model_path, model_info = resolve_model(args.model, out / "work")
+    except ValueError as exc:  # ModelFileError: one line naming the file
+        print(f"ipi-nc bench: {exc} (--model)", file=sys.stderr)
+        return 1
+    cfg = BenchConfig(
+        out=out,
+        device=args.device,
+        dtype=args.dtype or ("float32" if gpu else "float64"),
+        model_path=model_path,
+        model_info=model_info,
+        quick=args.quick,
+        threads=args.threads,
+        sizes=args.sizes or ((192,) if args.quick else SIZES_ATOMS),
+        md_sizes=args.md_sizes or ((192,) if args.quick else (SIZES_ATOMS if gpu else (192, 1536))),
+    )
+    _, structure_source = base_water()
+    print(f"[bench] model: {model_info['source']} ({model_path}); device {cfg.device}, {cfg.dtype}; "
+          f"structure: {structure_source}", flush=True)
+
+    from benchmarks import cost, md, overhead, pimd, scaling
+
+    results: dict = {
+        "command": "ipi-nc bench " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "machine": machine_info(cfg.device),
+        "model": model_info,
+        "structure": structure_source,
+        "device": cfg.device,
+        "dtype": cfg.dtype,
+        "quick": cfg.quick,
+        "threads": cfg.threads,
+        "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
+    markdown = [
+        "# ipi-ncforces benchmarks",
+        "",
+        f"Model: {model_info['source']} (`{model_info['model_type']}`, {model_info['n_parameters']} parameters). "
+        f"Device {cfg.device}, {cfg.dtype}, {cfg.threads} thread(s) per process. Machine: "
+        f"{results['machine']['processor']}, {results['machine']['cpu_count']} CPUs, "
+        f"load average {results['machine']['load_average_1min']:.2f} at start.",
+    ]
+    t_start = time.perf_counter()
+    modules = {"cost": cost, "md": md, "overhead": overhead, "pimd": pimd}
+    for name in BENCHMARKS:
+        if name not in only:
+            continue
+        t0 = time.perf_counter()
+        if name == "scaling":
+            section = scaling.run(cfg, results.get("cost"))
+            text = scaling.markdown(section)
+        else:
+            section = modules[name].run(cfg)
+            text = modules[name].markdown(section)
+        section["elapsed_s"] = time.perf_counter() - t0
+        results[name] = section
+        markdown += ["", text]
+        write_json(results, out / "results.json")  # partial results survive a later failure
+    results["elapsed_s"] = time.perf_counter() - t_start
+    write_json(results, out / "results.json")
+    (out / "results.md").write_text("\n".join(markdown) + "\n")
+    print(f"[bench] done in {results['elapsed_s']:.0f} s; wrote {out / 'results.json'} and {out / 'results.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,276 @@
+"""Shared pieces of the benchmarks: systems, the model under test, timing, reports.
+
+Timing rules (every benchmark follows them): variants that are compared are measured in
+ONE process run, their repeats interleaved (A B C A B C ...), after a warm-up; we report
+the median and the spread (min, max, interquartile range) in milliseconds, and ratios
+as the median of the per-round ratios (each round measures all variants back to back,
+so a load spike on the shared machine hits numerator and denominator alike).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+WATER64 = REPO_ROOT / "inputs" / "water64.xyz"
+SHIPPED_M_MODEL = REPO_ROOT / "models" / "data" / "water-m.pt"
+# 192 atoms = the 64-molecule box; 1536 and 12288 = 2x2x2 and 4x4x4 replicas
+SIZES_ATOMS = (192, 1536, 12288)
+REPLICAS_FOR_SIZE = {192: 1, 1536: 2, 12288: 4}
+
+
+@dataclass
+class BenchConfig:
+    """Options shared by every benchmark (see ``benchmarks.cli``)."""
+
+    out: Path
+    device: str = "cpu"
+    dtype: str = "float64"
+    model_path: Path | None = None
+    model_info: dict | None = None
+    quick: bool = False
+    threads: int = 1
+    sizes: tuple[int, ...] = SIZES_ATOMS
+    md_sizes: tuple[int, ...] = (192, 1536)
+    repeats: int = 5
+
+
+# --------------------------------------------------------------------------- timing
+
+
+def synchronize(device: str | torch.device) -> None:
+    """Wait for queued GPU work so a wall-clock split measures what it claims."""
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_call(fn: Callable[[], object], device: str | torch.device) -> float:
+    """Seconds of wall time for one call, synchronized on GPUs before and after."""
+    synchronize(device)
+    t0 = time.perf_counter()
+    fn()
+    synchronize(device)
+    return time.perf_counter() - t0
+
+
+def interleaved(
+    variants: dict[str, Callable[[], object]], device: str | torch.device, repeats: int, warmup: int = 1
+) -> dict[str, list[float]]:
+    """Seconds per call for each variant; rounds run all variants back to back, the
+    starting variant rotating from round to round so none always goes first."""
+    for _ in range(warmup):
+        for fn in variants.values():
+            fn()
+    synchronize(device)
+    names = list(variants)
+    samples: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(repeats):
+        order = names[r % len(names):] + names[: r % len(names)]
+        for name in order:
+            samples[name].append(time_call(variants[name], device))
+    return samples
+
+
+def stats_ms(samples_s: list[float]) -> dict:
+    """Median and spread of samples given in seconds, reported in milliseconds."""
+    ms = np.asarray(samples_s, dtype=float) * 1e3
+    q1, q3 = np.percentile(ms, [25, 75]) if len(ms) else (float("nan"), float("nan"))
+    return {
+        "median_ms": float(np.median(ms)),
+        "min_ms": float(ms.min()),
+        "max_ms": float(ms.max()),
+        "iqr_ms": float(q3 - q1),
+        "n": int(len(ms)),
+    }
+
+
+def ratio_stats(numerator_s: list[float], denominator_s: list[float]) -> dict:
+    """Median of per-round ratios (dimensionless) with min/max over rounds."""
+    ratios = [a / b for a, b in zip(numerator_s, denominator_s) if b > 0]
+    return {
+        "median": float(statistics.median(ratios)),
+        "min": float(min(ratios)),
+        "max": float(max(ratios)),
+        "of_medians": float(statistics.median(numerator_s) / statistics.median(denominator_s)),
+        "n": len(ratios),
+    }
+
+
+# --------------------------------------------------------------------------- systems
+
+
+def _ase_water_box(n_molecules_per_side: int = 4, density_g_cm3: float = 0.997, seed: int = 7):
+    """Fallback 64-molecule water box (randomly oriented molecules on a cubic grid)."""
+    from ase import Atoms
+    from ase.build import molecule
+
+    rng = np.random.default_rng(seed)
+    n = n_molecules_per_side**3
+    mass_g = n * 18.015 / 6.02214076e23
+    side_ang = (mass_g / density_g_cm3) ** (1 / 3) * 1e8
+    spacing = side_ang / n_molecules_per_side
+    water = molecule("H2O")
+    symbols, positions = [], []
+    for ix in range(n_molecules_per_side):
+        for iy in range(n_molecules_per_side):
+            for iz in range(n_molecules_per_side):
+                m = water.copy()
+                m.rotate(rng.uniform(0, 360), rng.normal(size=3) + 1e-3, center="COM")
+                m.translate((np.array([ix, iy, iz]) + 0.5) * spacing - m.get_center_of_mass())
+                symbols += list(m.get_chemical_symbols())
+                positions += list(m.positions)
+    return Atoms(symbols=symbols, positions=positions, cell=[side_ang] * 3, pbc=True)
+
+
+def base_water():
+    """The 192-atom box as ``ase.Atoms`` (A): inputs/water64.xyz if present, else a built one.
+
+    Returns (atoms, source description)."""
+    from ase import Atoms
+
+    if WATER64.is_file():
+        from ipi.utils.io import read_file
+        from ipi_driver.units import ANGSTROM_PER_BOHR
+
+        with open(WATER64) as handle:
+            frame = read_file("xyz", handle)
+        atoms = frame["atoms"]
+        names = [str(n) for n in atoms.names]
+        positions = np.asarray(atoms.q).reshape(-1, 3) * ANGSTROM_PER_BOHR
+        cell = np.asarray(frame["cell"].h).T * ANGSTROM_PER_BOHR  # i-PI columns -> ASE rows
+        return Atoms(symbols=names, positions=positions, cell=cell, pbc=True), str(WATER64.relative_to(REPO_ROOT))
+    return _ase_water_box(), "ASE-built 64-molecule box (inputs/water64.xyz absent)"
+
+
+def water_system(n_atoms: int):
+    """Replicated water box with ``n_atoms`` atoms (192 * r^3)."""
+    if n_atoms not in REPLICAS_FOR_SIZE:
+        raise ValueError(f"unsupported size {n_atoms} atoms (choose from {sorted(REPLICAS_FOR_SIZE)})")
+    atoms, _ = base_water()
+    r = REPLICAS_FOR_SIZE[n_atoms]
+    return atoms.repeat((r, r, r))
+
+
+def write_ipi_xyz(atoms, path: Path) -> Path:
+    """Write ``atoms`` in i-PI's xyz format (cell a b c alpha beta gamma in the comment,
+    Angstrom and degrees); ASE reads the same file for the species."""
+    a, b, c, alpha, beta, gamma = atoms.cell.cellpar()
+    lines = [
+        str(len(atoms)),
+        f"# CELL(abcABC): {a:.8f} {b:.8f} {c:.8f} {alpha:.5f} {beta:.5f} {gamma:.5f} "
+        "positions{angstrom} cell{angstrom}",
+    ]
+    for symbol, (x, y, z) in zip(atoms.get_chemical_symbols(), atoms.positions):
+        lines.append(f"{symbol:2s} {x:16.8f} {y:16.8f} {z:16.8f}")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def structure_file(n_atoms: int, work: Path) -> Path:
+    """i-PI xyz file of the ``n_atoms`` water system under ``work`` (written once)."""
+    path = Path(work) / f"water{n_atoms}.xyz"
+    if not path.is_file():
+        write_ipi_xyz(water_system(n_atoms), path)
+    return path
+
+
+# --------------------------------------------------------------------------- model
+
+
+def resolve_model(model_arg: str | None, work: Path) -> tuple[Path, dict]:
+    """The model under test and a description for the JSON.
+
+    Order: ``--model`` if given; the shipped M model; an untrained DualHeadPotential (same
+    architecture, so the same cost); the analytic PairToyModel (cost NOT representative).
+    """
+    from models.io import load_model, save_model
+
+    if model_arg:
+        path = Path(model_arg)
+        model = load_model(path)  # raises ModelFileError (one line) for a bad file
+        source = "--model"
+    elif SHIPPED_M_MODEL.is_file():
+        path = SHIPPED_M_MODEL
+        model = load_model(path)
+        source = "shipped M model"
+    else:
+        work.mkdir(parents=True, exist_ok=True)
+        try:
+            from models.dualhead import DualHeadPotential
+
+            model = DualHeadPotential()
+            source = "untrained DualHeadPotential (models/data/water-m.pt absent; same cost as trained)"
+            path = work / "bench-dualhead.pt"
+        except ImportError:
+            from models.pair_toy import PairToyModel
+
+            model = PairToyModel()
+            source = "PairToyModel (no M model available; cost not representative of an ML model)"
+            path = work / "bench-pairtoy.pt"
+        save_model(model, path, {"note": "benchmark stand-in"})
+    n_params = sum(p.numel() for p in model.parameters())
+    info = {
+        "path": str(path),
+        "source": source,
+        "model_type": model.model_type,
+        "heads": list(model.heads),
+        "cutoff_ang": model.cutoff,
+        "n_parameters": int(n_params),
+        "config": {k: v for k, v in model.config().items() if isinstance(v, (int, float, str, list, bool))},
+    }
+    return path, info
+
+
+# --------------------------------------------------------------------------- reports
+
+
+def machine_info(device: str) -> dict:
+    """What the numbers were measured on."""
+    info = {
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "load_average_1min": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+        "device": device,
+    }
+    try:
+        import ipi
+
+        info["ipi"] = getattr(ipi, "__version__", "unknown")
+    except ImportError:  # pragma: no cover
+        pass
+    if torch.device(device).type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(torch.device(device))
+    return info
+
+
+def write_json(data: dict, path: Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2, default=float) + "\n")
+    return path
+
+
+def markdown_table(header: list[str], rows: list[list[object]]) -> str:
+    def fmt(x):
+        if isinstance(x, float):
+            return f"{x:.3g}" if abs(x) < 1e4 else f"{x:.0f}"
+        return str(x)
+
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(fmt(x) for x in row) + " |" for row in rows]
+    return "\n".join(lines)
