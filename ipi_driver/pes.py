@@ -16,7 +16,8 @@ Inside i-PI, no socket at all::
 Parameters: ``model`` (.pt file), ``template`` (any ASE-readable structure with i-PI's
 atom order, used for the species), ``mode`` (conservative | direct | correction),
 ``device`` (cpu, cuda, cuda:1), ``dtype`` (float32 | float64; default float64 on CPU,
-float32 on CUDA), ``remove_net_force`` (bool). i-PI batches (``batch_size``) arrive as
+float32 on CUDA), ``remove_net_force`` (bool), ``neighbor_skin`` (Verlet skin in A for
+neighbour lists kept between calls; default 0.5 on CPU, 0 = off, the default on CUDA). i-PI batches (``batch_size``) arrive as
 lists and are evaluated in ONE model call.
 """
 
@@ -50,6 +51,7 @@ class NCForcesDriver(Dummy_driver):
         device: str = "cpu",
         dtype: str | None = None,
         remove_net_force=False,
+        neighbor_skin=None,
         *args,
         **kwargs,
     ):
@@ -59,11 +61,14 @@ class NCForcesDriver(Dummy_driver):
         self.device = device
         self.dtype = dtype
         self.remove_net_force = _as_bool(remove_net_force)
+        self.neighbor_skin = None if neighbor_skin is None else float(neighbor_skin)
         super().__init__(*args, **kwargs)
 
     def check_parameters(self) -> None:
         # imported here so that i-PI can scan this file without importing torch
-        from ipi_driver.setup import build_evaluator
+        from ipi_driver.setup import build_evaluator, default_skin_ang
+
+        skin = default_skin_ang(str(self.device)) if self.neighbor_skin is None else self.neighbor_skin
 
         self.evaluator = build_evaluator(
             model_path=self.model_path,
@@ -72,6 +77,7 @@ class NCForcesDriver(Dummy_driver):
             device=self.device,
             dtype=self.dtype,
             remove_net_force=self.remove_net_force,
+            neighbor_skin_ang=skin,
         )
 
     def compute_structure(self, cell, pos):

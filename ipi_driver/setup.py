@@ -26,6 +26,13 @@ def default_dtype(device: str) -> str:
     return "float32" if device.startswith("cuda") else "float64"
 
 
+def default_skin_ang(device: str) -> float:
+    """Verlet skin (A) of the neighbour-list cache. On CPU the cached list was measured
+    faster (toy model, 192 atoms: 7.1 -> 5.9 ms direct, 11.6 -> 7.1 ms conservative per
+    request); on CUDA it is unmeasured and its host syncs may not pay, so it is off."""
+    return 0.0 if str(device).startswith("cuda") else 0.5
+
+
 def read_species(structure_path: str | Path) -> np.ndarray:
     """Atomic numbers, in file order, of the first frame of an ASE-readable file
     (i-PI's own xyz/pdb with units in the comment line reads fine: only species are used)."""
@@ -50,6 +57,7 @@ def build_evaluator(
     dtype: str | None = None,
     remove_net_force: bool = False,
     extras_other_head: bool = False,
+    neighbor_skin_ang: float = 0.0,
 ) -> ForceEvaluator:
     """Load model and species, check they fit the mode; SetupError otherwise."""
     if mode not in MODES:
@@ -63,7 +71,12 @@ def build_evaluator(
     try:
         model = load_model(model_path, require_heads=HEADS_FOR_MODE[mode], device=device, dtype=DTYPES[dtype])
         return ForceEvaluator(
-            model, species, mode, remove_net_force=remove_net_force, extras_other_head=extras_other_head
+            model,
+            species,
+            mode,
+            remove_net_force=remove_net_force,
+            extras_other_head=extras_other_head,
+            neighbor_skin_ang=neighbor_skin_ang,
         )
     except ValueError as exc:
         raise SetupError(f"{exc} [model '{model_path}', structure '{structure_path}']") from None

@@ -1,0 +1,211 @@
+"""``ipi-nc driver``: serve a model's forces to a running i-PI over a socket.
+
+Example (GPU node, i-PI listening on the unix socket /tmp/ipi_nc-direct)::
+
+    ipi-nc driver --model water-m.pt --structure water64.xyz --mode direct \\
+        --unix --address nc-direct --device cuda:0
+
+Exit codes: 0 when i-PI sends EXIT; 1 for bad input, bad model output, no server
+within --connect-timeout, or i-PI vanishing mid-run (one-line message on stderr);
+2 for command-line usage errors; 143 after SIGTERM and 130 after SIGINT (a request in
+flight is answered first, then the socket is closed; i-PI waits for another driver).
+A timing summary goes to stderr on every exit after the model was loaded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import threading
+from types import FrameType
+
+EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
+EXIT_SIGNAL_BASE = 128
+
+
+class Terminated(Exception):
+    """Raised from the signal handler so blocking socket calls unwind cleanly."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+class _SignalHandler:
+    """SIGTERM/SIGINT: stop at once while waiting for i-PI, else after answering the
+    request in flight (see IPIClient.request_stop)."""
+
+    def __init__(self) -> None:
+        self.client = None
+        self.signum: int | None = None
+
+    def __call__(self, signum: int, frame: FrameType | None) -> None:
+        self.signum = signum
+        if self.client is None or self.client.request_stop():
+            raise Terminated(signum)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ipi-nc driver",
+        description="Serve energies, forces and virials of an ipi-ncforces model to a running i-PI "
+        "(socket protocol in atomic units; the model works in eV and Angstrom).",
+        epilog="Exit codes: 0 i-PI sent EXIT; 1 error (message on stderr); 2 usage error; "
+        "143 SIGTERM, 130 SIGINT (request in flight answered, socket closed, i-PI waits for another driver).",
+    )
+    parser.add_argument("--model", required=True, help="model file (.pt from 'ipi-nc train' or models.io.save_model)")
+    parser.add_argument(
+        "--structure",
+        required=True,
+        help="structure file with the atoms in i-PI's order (e.g. the i-PI init xyz); gives the species",
+    )
+    parser.add_argument(
+        "--mode",
+        required=True,
+        choices=("conservative", "direct", "correction"),
+        help="conservative: F=-dE/dr; direct: the direct-force head; correction: conservative minus direct "
+        "(MTS outer level)",
+    )
+    where = parser.add_argument_group("socket (as in i-PI's <ffsocket>)")
+    where.add_argument("--unix", action="store_true", help="use a unix socket named --address")
+    where.add_argument(
+        "--address", required=True, help="unix socket name (with --unix) or host name / IP of the i-PI server"
+    )
+    where.add_argument("--port", type=int, help="TCP port of the i-PI server (inet sockets)")
+    where.add_argument(
+        "--sockets-prefix",
+        default="/tmp/ipi_",
+        help="unix socket path = PREFIX + ADDRESS (default /tmp/ipi_, i-PI's default)",
+    )
+    where.add_argument(
+        "--connect-timeout",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="keep retrying while i-PI is not up yet for this many seconds (default 60)",
+    )
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:K (default cpu)")
+    parser.add_argument(
+        "--dtype", choices=("float32", "float64"), help="default: float32 on cuda, float64 on cpu"
+    )
+    parser.add_argument(
+        "--remove-net-force",
+        action="store_true",
+        help="subtract the mean force so the total force is zero (direct/correction modes; default off)",
+    )
+    parser.add_argument(
+        "--extras-other-head",
+        action="store_true",
+        help="also send the other head's forces (eV/A) in i-PI's extras JSON",
+    )
+    parser.add_argument(
+        "--neighbor-skin",
+        type=float,
+        default=None,
+        metavar="ANGSTROM",
+        help="Verlet skin (A) for neighbour lists kept between steps; 0 disables "
+        "(default: 0.5 on cpu, off on cuda)",
+    )
+    return parser
+
+
+def _check_socket_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    if args.unix and args.port is not None:
+        parser.error("--port is for inet sockets; drop it or drop --unix")
+    if not args.unix and args.port is None:
+        parser.error("inet sockets need --port N (or use --unix --address NAME)")
+    if args.connect_timeout < 0:
+        parser.error("--connect-timeout must be >= 0 seconds")
+    if args.neighbor_skin is not None and args.neighbor_skin < 0:
+        parser.error("--neighbor-skin must be >= 0 Angstrom")
+
+
+def _error(message: str) -> None:
+    print(f"ipi-nc driver: error: {message}", file=sys.stderr)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the driver; returns the process exit code (see module docstring)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _check_socket_args(parser, args)
+
+    handler = _SignalHandler()
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        previous = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
+    evaluator = None
+    sock = None
+    client = None
+    try:
+        from ipi_driver.client import (
+            ConnectTimeout,
+            IPIClient,
+            ProtocolError,
+            ServerGone,
+            StopRequested,
+            connect,
+            socket_description,
+        )
+        from ipi_driver.evaluator import ForceError
+        from ipi_driver.setup import SetupError, build_evaluator, default_skin_ang
+
+        skin = default_skin_ang(args.device) if args.neighbor_skin is None else args.neighbor_skin
+        try:
+            evaluator = build_evaluator(
+                model_path=args.model,
+                structure_path=args.structure,
+                mode=args.mode,
+                device=args.device,
+                dtype=args.dtype,
+                remove_net_force=args.remove_net_force,
+                extras_other_head=args.extras_other_head,
+                neighbor_skin_ang=skin,
+            )
+            where = socket_description(args.unix, args.address, args.port or 0, args.sockets_prefix)
+            print(
+                f"ipi-nc driver: {args.mode} forces of '{args.model}' on {evaluator.device} "
+                f"({str(evaluator.dtype).replace('torch.', '')}); connecting to {where}",
+                file=sys.stderr,
+            )
+            sock = connect(
+                unix=args.unix,
+                address=args.address,
+                port=args.port or 0,
+                sockets_prefix=args.sockets_prefix,
+                timeout_s=args.connect_timeout,
+            )
+            client = handler.client = IPIClient(sock, evaluator, log=sys.stderr)
+            try:
+                client.serve()
+            except StopRequested:
+                raise Terminated(handler.signum or signal.SIGTERM) from None
+            return EXIT_OK
+        except (SetupError, ConnectTimeout, ForceError) as exc:
+            _error(str(exc))
+        except ServerGone as exc:
+            served = client.requests if client is not None else 0
+            _error(f"{exc} after {served} requests (i-PI killed or crashed?)")
+        except ProtocolError as exc:
+            _error(str(exc))
+        except ValueError as exc:  # the evaluator's checks on what i-PI sent (e.g. atom count)
+            request = client.requests if client is not None else 0
+            _error(f"request {request}: {exc}".splitlines()[0])
+        return EXIT_ERROR
+    except Terminated as exc:
+        print(f"ipi-nc driver: received {exc}, closing the socket and exiting", file=sys.stderr)
+        return EXIT_SIGNAL_BASE + exc.signum
+    finally:
+        if client is not None:
+            client.close()
+        elif sock is not None:
+            sock.close()
+        if evaluator is not None:
+            print(f"ipi-nc driver: {evaluator.timings.summary()}", file=sys.stderr)
+        for signum, old_handler in previous.items():
+            signal.signal(signum, old_handler)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
