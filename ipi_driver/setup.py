@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ipi_driver.allocator import keep_freed_memory
 from ipi_driver.evaluator import HEADS_FOR_MODE, MODES, ForceEvaluator
 from models.io import load_model
 
@@ -68,6 +69,7 @@ def build_evaluator(
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise SetupError(f"device '{device}' requested (--device) but torch sees no CUDA GPU here")
     species = read_species(structure_path)
+    keep_freed_memory()
     try:
         model = load_model(model_path, require_heads=HEADS_FOR_MODE[mode], device=device, dtype=DTYPES[dtype])
         return ForceEvaluator(
