@@ -1,0 +1,362 @@
+"""Write i-PI inputs (NVE / NVT / PIMD / MTS / geometry optimization) with lxml.
+
+One :class:`Variant` (plain options with units in their names) becomes one i-PI XML
+document. :func:`shipped_variants` lists the inputs shipped under ``inputs/`` and
+:func:`write_shipped` regenerates them, so the shipped files cannot drift from this code.
+
+Conventions:
+* ``dt_fs`` is the *inner* time step; with MTS the i-PI ``<timestep>`` is the outer one,
+  ``mts_m * dt_fs``, and ``<nmts>[1, M]</nmts>`` splits it (paper-notes "MTS scheme").
+* Output strides are chosen in femtoseconds and converted to (outer) steps.
+* Forcefields are named ``cons`` (conservative forces) and ``direct`` (direct forces);
+  the runner maps these names to driver modes.
+* Unix socket addresses are ``<name>-<forcefield>`` so several runs can go at once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from lxml import etree
+
+from ipi.utils.units import unit_to_internal
+
+FORCES = ("conservative", "direct", "mts")
+MD_THERMOSTATS = ("langevin", "svr", "gle")
+PIMD_THERMOSTATS = ("pile_l", "pile_g")
+# i-PI 3.3.1 geometry optimizers (ipi/inputs/motion/geop.py, attribute "mode");
+# FIRE exists in i-PI only inside NEB, not as a <geop> mode.
+GEOP_MODES = ("sd", "cg", "bfgs", "bfgstrm", "lbfgs", "damped_bfgs")
+SOCKETS = ("unix", "inet", "ffdirect")
+
+# Socket polling latency (s), chosen by measurement: NVE, 192 atoms, toy model, 2 shared
+# CPU cores: 1e-4 s gave 122 steps/s, 1e-5 s only 49 steps/s (the faster-polling i-PI
+# thread steals the CPU the driver needs). On a dedicated node with a GPU driver a
+# smaller value can pay off: --latency-s, and `ipi-nc bench` to measure.
+DEFAULT_LATENCY_S = 1e-4
+PES_PATH = Path(__file__).resolve().parent.parent / "ipi_driver" / "pes.py"
+
+
+class VariantError(ValueError):
+    """An impossible combination of options; the message is one line naming the option."""
+
+
+@dataclass(frozen=True)
+class Variant:
+    """All choices that define one input file.
+
+    Times in fs, temperatures in K, forces in eV/A, energies in eV, lengths in A.
+    """
+
+    name: str
+    motion: str = "md"  # "md" or "geop"
+    ensemble: str = "nve"  # "nve" or "nvt" (md only)
+    thermostat: str | None = None  # MD_THERMOSTATS (1 bead) or PIMD_THERMOSTATS
+    tau_fs: float = 100.0
+    forces: str = "conservative"  # FORCES
+    mts_m: int = 8
+    dt_fs: float = 0.5  # inner time step
+    beads: int = 1
+    contract_beads: int = 0  # >0: slow forces on this many beads (ring-polymer contraction)
+    steps: int = 20000  # outer steps (md) or optimizer iterations (geop)
+    temperature_k: float = 300.0
+    seed: int = 31415
+    structure: str = "../water64.xyz"  # relative to the XML file
+    sockets: str = "unix"
+    host: str = "localhost"
+    port: int = 31415  # inet: first forcefield's port; the next one gets port + 1
+    latency_s: float = DEFAULT_LATENCY_S
+    model: str = "MODEL.pt"  # used only by ffdirect (the runner fills it in)
+    species: tuple[str, ...] = ("H", "O")  # per-species temperature outputs
+    geop_mode: str = "lbfgs"
+    geop_fmax_ev_ang: float = 1e-4  # paper: 1e-4 eV/A for bulk
+    geop_energy_ev: float = 1e-7  # energy change per atom
+    geop_step_ang: float = 1e-4  # position change
+    properties_fs: float = 2.0
+    positions_fs: float = 10.0
+    velocities_fs: float = 4.0
+    forces_fs: float = 20.0
+    checkpoint_fs: float = 500.0
+    comment: str = field(default="", compare=False)
+
+    @property
+    def outer_dt_fs(self) -> float:
+        return self.dt_fs * (self.mts_m if self.forces == "mts" else 1)
+
+    def stride(self, every_fs: float) -> int:
+        """Output stride in (outer) steps for a period in fs; at least 1."""
+        if self.motion == "geop":
+            return 1
+        return max(1, int(round(every_fs / self.outer_dt_fs)))
+
+    def check(self) -> None:
+        """Raise VariantError for an impossible combination."""
+        if self.motion not in ("md", "geop"):
+            raise VariantError(f"motion '{self.motion}' unknown: use md or geop")
+        if self.forces not in FORCES:
+            raise VariantError(f"forces '{self.forces}' unknown (--forces): choose {', '.join(FORCES)}")
+        if self.sockets not in SOCKETS:
+            raise VariantError(f"sockets '{self.sockets}' unknown (--sockets): choose {', '.join(SOCKETS)}")
+        if self.steps < 1:
+            raise VariantError(f"steps must be >= 1 (--steps), got {self.steps}")
+        if self.beads < 1:
+            raise VariantError(f"beads must be >= 1 (--beads), got {self.beads}")
+        if self.contract_beads and not (1 <= self.contract_beads < self.beads):
+            raise VariantError(
+                f"contract-beads {self.contract_beads} must be between 1 and beads-1 ({self.beads - 1})"
+            )
+        if self.motion == "geop":
+            if self.geop_mode not in GEOP_MODES:
+                raise VariantError(f"geop mode '{self.geop_mode}' unknown (--geop-mode): choose {', '.join(GEOP_MODES)}")
+            if self.forces == "mts":
+                raise VariantError("forces 'mts' makes no sense for a geometry optimization: use conservative or direct")
+            if self.beads != 1:
+                raise VariantError("geometry optimization uses one bead (--beads 1)")
+            return
+        if self.dt_fs <= 0:
+            raise VariantError(f"dt must be > 0 fs (--dt-fs), got {self.dt_fs}")
+        if self.forces == "mts" and self.mts_m < 1:
+            raise VariantError(f"M must be >= 1 (--mts-m), got {self.mts_m}")
+        if self.ensemble == "nve":
+            if self.thermostat:
+                raise VariantError(f"ensemble nve takes no thermostat (got --thermostat {self.thermostat})")
+            if self.beads != 1:
+                raise VariantError("path-integral runs need a thermostat: use --ensemble nvt --thermostat pile_l")
+        elif self.ensemble == "nvt":
+            allowed = MD_THERMOSTATS if self.beads == 1 else PIMD_THERMOSTATS
+            if self.beads == 1 and self.thermostat in PIMD_THERMOSTATS:
+                allowed = MD_THERMOSTATS + PIMD_THERMOSTATS  # PILE on one bead = Langevin / SVR
+            if self.thermostat not in allowed:
+                raise VariantError(
+                    f"thermostat '{self.thermostat}' not available with {self.beads} bead(s) (--thermostat): "
+                    f"choose {', '.join(allowed)}"
+                )
+            if self.tau_fs <= 0:
+                raise VariantError(f"tau must be > 0 fs (--tau-fs), got {self.tau_fs}")
+        else:
+            raise VariantError(f"ensemble '{self.ensemble}' unknown (--ensemble): use nve or nvt")
+
+
+def _sub(parent: etree._Element, tag: str, text: str | None = None, **attrib: str) -> etree._Element:
+    element = etree.SubElement(parent, tag, {k: str(v) for k, v in attrib.items()})
+    if text is not None:
+        element.text = f" {text} "
+    return element
+
+
+def _fmt(x: float) -> str:
+    return repr(float(x)) if not float(x).is_integer() else f"{float(x):.1f}"
+
+
+def _gle_drift_matrix_au(tau_fs: float) -> list[list[float]]:
+    """A canonical GLE drift matrix (1 physical + 2 auxiliary momenta), atomic units.
+
+    The symmetric part is diagonal and positive, so with i-PI's default C = kT * 1 the
+    noise B B^T = kT (A + A^T) is positive and the stationary distribution is canonical.
+    The momentum friction is 1/tau; the auxiliary momenta couple at 1/(2 tau) and
+    1/(10 tau) with oscillation at 1/tau, i.e. a coloured noise that is strongest in a
+    frequency band instead of white (enough to expose what direct forces do to GLE).
+    """
+    per_fs = 1.0 / unit_to_internal("time", "femtosecond", 1.0)  # 1/fs in atomic units
+    g = per_fs / tau_fs
+    return [
+        [g, 0.5 * g, 0.1 * g],
+        [-0.5 * g, g, g],
+        [-0.1 * g, -g, 0.2 * g],
+    ]
+
+
+def _forcefields(v: Variant, root: etree._Element) -> list[str]:
+    """Add <ffsocket>/<ffdirect> elements; returns the forcefield names used."""
+    names = {"conservative": ["cons"], "direct": ["direct"], "mts": ["cons", "direct"]}[v.forces]
+    for i, ff in enumerate(names):
+        mode = "conservative" if ff == "cons" else "direct"
+        if v.sockets == "ffdirect":
+            el = _sub(root, "ffdirect", name=ff)
+            _sub(el, "pes", "custom")
+            _sub(el, "pes_path", str(PES_PATH))
+            _sub(el, "parameters", f"{{model: {v.model}, template: {v.structure}, mode: {mode}}}")
+            continue
+        el = _sub(root, "ffsocket", name=ff, mode=v.sockets, pbc="false")
+        if v.sockets == "unix":
+            _sub(el, "address", f"{v.name}-{ff}")
+        else:
+            _sub(el, "address", v.host)
+            _sub(el, "port", str(v.port + i))
+        _sub(el, "latency", f"{v.latency_s:g}")
+        # a driver that hangs should stop the run, not stall it forever (seconds)
+        _sub(el, "timeout", "600")
+        # PIMD: all beads in one request -> one batched model call in the driver
+        if v.beads > 1:
+            _sub(el, "batch_size", str(v.beads))
+    return names
+
+
+def _force_components(v: Variant, system: etree._Element) -> None:
+    forces = _sub(system, "forces")
+    contract = {"nbeads": str(v.contract_beads)} if v.contract_beads else {}
+    if v.forces == "conservative":
+        _sub(forces, "force", forcefield="cons", **contract)
+    elif v.forces == "direct":
+        _sub(forces, "force", forcefield="direct", **contract)
+    elif not v.contract_beads:
+        # outer level: cons - direct; inner level: direct. Each ff evaluated once per position.
+        _sub(_sub(forces, "force", forcefield="cons"), "mts_weights", "[1, 0]")
+        _sub(_sub(forces, "force", forcefield="direct"), "mts_weights", "[-1, 1]")
+    else:
+        # contracted slow part (cons - direct on contract_beads) + full-bead fast direct force
+        _sub(_sub(forces, "force", forcefield="cons", **contract), "mts_weights", "[1, 0]")
+        _sub(_sub(forces, "force", forcefield="direct", **contract), "mts_weights", "[-1, 0]")
+        _sub(_sub(forces, "force", forcefield="direct"), "mts_weights", "[0, 1]")
+
+
+def _outputs(v: Variant, root: etree._Element) -> None:
+    out = _sub(root, "output", prefix=v.name)
+    if v.motion == "geop":
+        _sub(out, "properties", "[ step, potential{electronvolt} ]", filename="out", stride="1")
+        _sub(out, "trajectory", "positions{angstrom}", filename="pos", stride="1", format="xyz", cell_units="angstrom")
+        _sub(out, "trajectory", "forces{ev/ang}", filename="frc", stride="1", format="xyz", cell_units="angstrom")
+        _sub(out, "checkpoint", filename="chk", stride="10", overwrite="false")
+        return
+    props = ["step", "time{picosecond}", "conserved{electronvolt}", "temperature{kelvin}"]
+    props += [f"temperature{{kelvin}}({s})" for s in v.species]
+    props += ["kinetic_md{electronvolt}", "potential{electronvolt}"]
+    if v.beads > 1:
+        props += ["kinetic_cv{electronvolt}"] + [f"kinetic_cv{{electronvolt}}({s})" for s in v.species]
+    _sub(out, "properties", "[ " + ", ".join(props) + " ]", filename="out", stride=str(v.stride(v.properties_fs)))
+    # one bead: the physical trajectory; PIMD: the centroid (what diffusion and g(r) use)
+    pos, vel = ("positions", "velocities") if v.beads == 1 else ("x_centroid", "v_centroid")
+    traj = dict(format="xyz", cell_units="angstrom")
+    _sub(out, "trajectory", f"{pos}{{angstrom}}", filename="pos", stride=str(v.stride(v.positions_fs)), **traj)
+    _sub(out, "trajectory", f"{vel}{{atomic_unit}}", filename="vel", stride=str(v.stride(v.velocities_fs)), **traj)
+    frc = "forces{ev/ang}" if v.beads == 1 else "f_centroid{ev/ang}"
+    _sub(out, "trajectory", frc, filename="frc", stride=str(v.stride(v.forces_fs)), **traj)
+    # numbered checkpoints: a kill while one is being written leaves the previous one intact
+    _sub(out, "checkpoint", filename="chk", stride=str(v.stride(v.checkpoint_fs)), overwrite="false")
+
+
+def build(v: Variant) -> etree._Element:
+    """The <simulation> element for a variant (raises VariantError if impossible)."""
+    v.check()
+    # checkpoints are written with floatformat: full double precision makes --resume exact
+    root = etree.Element("simulation", verbosity="low", safe_stride="1", threading="false", floatformat="%.16e")
+    if v.comment:
+        root.append(etree.Comment(f" {v.comment} "))
+    _outputs(v, root)
+    _sub(root, "total_steps", str(v.steps))
+    prng = _sub(root, "prng")
+    _sub(prng, "seed", str(v.seed))
+    _forcefields(v, root)
+    system = _sub(root, "system")
+    init = _sub(system, "initialize", nbeads=str(v.beads))
+    _sub(init, "file", v.structure, mode="xyz", units="angstrom")
+    if v.motion == "md":
+        _sub(init, "velocities", _fmt(v.temperature_k), mode="thermal", units="kelvin")
+    _force_components(v, system)
+    if v.motion == "md":
+        ens = _sub(system, "ensemble")
+        _sub(ens, "temperature", _fmt(v.temperature_k), units="kelvin")
+        motion = _sub(system, "motion", mode="dynamics")
+        dyn = _sub(motion, "dynamics", mode=v.ensemble)
+        _sub(dyn, "timestep", _fmt(v.outer_dt_fs), units="femtosecond")
+        if v.forces == "mts":
+            _sub(dyn, "nmts", f"[1, {v.mts_m}]")
+        if v.ensemble == "nvt":
+            th = _sub(dyn, "thermostat", mode=v.thermostat)
+            if v.thermostat == "gle":
+                a = _gle_drift_matrix_au(v.tau_fs)
+                flat = ", ".join(f"{x:.10e}" for row in a for x in row)
+                _sub(th, "A", f"[ {flat} ]", shape=f"({len(a)},{len(a)})")
+            else:
+                _sub(th, "tau", _fmt(v.tau_fs), units="femtosecond")
+            if v.thermostat in PIMD_THERMOSTATS:
+                _sub(th, "pile_lambda", "0.5")
+        # direct forces have a non-zero sum: the engine, not the model, pins the centre of mass
+        _sub(motion, "fixcom", "true")
+    else:
+        motion = _sub(system, "motion", mode="minimize")
+        geop = _sub(motion, "optimizer", mode=v.geop_mode)
+        tol = _sub(geop, "tolerances")
+        _sub(tol, "energy", f"{v.geop_energy_ev:g}", units="electronvolt")
+        _sub(tol, "force", f"{v.geop_fmax_ev_ang:g}", units="ev/ang")
+        _sub(tol, "position", f"{v.geop_step_ang:g}", units="angstrom")
+        _sub(geop, "exit_on_convergence", "true")
+    return root
+
+
+def to_string(v: Variant) -> str:
+    """The XML text of a variant (deterministic: same variant -> same bytes)."""
+    text = etree.tostring(build(v), pretty_print=True, encoding="unicode")
+    return text
+
+
+def write(v: Variant, path: str | Path) -> Path:
+    """Write a variant to ``path`` after validating it with i-PI's input classes."""
+    from inputs.validate import validate_string
+
+    path = Path(path)
+    text = to_string(v)
+    validate_string(text, source=str(path))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+def shipped_variants(**overrides) -> dict[str, Variant]:
+    """Relative path (under inputs/) -> variant, for every shipped input."""
+    out: dict[str, Variant] = {}
+    short = {"conservative": "cons", "direct": "direct", "mts": "mts"}
+
+    def add(rel: str, **kw) -> None:
+        name = rel.split("/")[-1]
+        kw = {**kw, **overrides}
+        out[f"{rel}.xml"] = Variant(name=name, **kw)
+
+    for f in FORCES:
+        add(f"nve/nve-{short[f]}", forces=f, steps=20000 if f != "mts" else 2500)
+    for f in FORCES:
+        steps = 20000 if f != "mts" else 2500
+        for tau in (10, 100, 1000):
+            add(f"nvt/langevin-tau{tau}-{short[f]}", ensemble="nvt", thermostat="langevin", tau_fs=tau, forces=f, steps=steps)
+        add(f"nvt/svr-tau10-{short[f]}", ensemble="nvt", thermostat="svr", tau_fs=10, forces=f, steps=steps)
+        add(f"nvt/gle-{short[f]}", ensemble="nvt", thermostat="gle", tau_fs=100, forces=f, steps=steps)
+    for th in PIMD_THERMOSTATS:
+        for beads in (8, 32):
+            for f in FORCES:
+                steps = 4000 if f != "mts" else 500
+                contract = 8 if beads == 32 else 0
+                add(
+                    f"pimd/{th.replace('_', '')}-{beads}b-{short[f]}",
+                    ensemble="nvt",
+                    thermostat=th,
+                    tau_fs=100,
+                    beads=beads,
+                    contract_beads=contract,
+                    forces=f,
+                    steps=steps,
+                )
+    for mode in GEOP_MODES:
+        for f in ("conservative", "direct"):
+            add(f"geop/{mode}-{short[f]}", motion="geop", forces=f, steps=1000, geop_mode=mode)
+    return out
+
+
+def with_changes(v: Variant, **changes) -> Variant:
+    """A copy of ``v`` with some fields replaced (dataclasses.replace, re-checked)."""
+    new = dataclasses.replace(v, **changes)
+    new.check()
+    return new
+
+
+def write_shipped(root: str | Path | None = None) -> list[Path]:
+    """(Re)write every shipped input under ``root`` (default: this package's folder)."""
+    root = Path(root) if root else Path(__file__).resolve().parent
+    return [write(v, root / rel) for rel, v in shipped_variants().items()]
+
+
+def steps_for_time(total_ps: float, v: Variant) -> int:
+    """Outer steps that cover ``total_ps`` picoseconds."""
+    return int(math.ceil(total_ps * 1000.0 / v.outer_dt_fs))
