@@ -1,0 +1,559 @@
+"""Reference data for training: q-TIP4P/F water boxes sampled with i-PI, labelled exactly.
+
+``ipi-nc reference-data`` runs i-PI (``<ffdirect>`` with ipi_driver/pes.py serving a saved
+:class:`models.qtip4pf.QTIP4PF`, mode conservative, so no socket) in several segments:
+
+* classical NVT at 300 K (two independent Langevin trajectories),
+* path-integral NVT at 300 K (PILE-L thermostat; every bead becomes an independent frame),
+* classical NVT at hotter temperatures (default 450 K and 600 K),
+
+and writes every sampled frame with its q-TIP4P/F energy (eV), forces (eV/A), stress
+(eV/A^3, ASE convention) and virial (eV) as extxyz via ASE: ``ase.io.read(path, ":")``
+gives ``atoms.get_potential_energy()``, ``get_forces()``, ``get_stress()``, and
+``atoms.info`` holds ``virial`` (3x3 eV), ``temperature_K``, ``kind`` (classical | pimd |
+hot), ``bead``, ``step``, ``segment``. The dynamics runs with looser Ewald settings
+(SAMPLING_EWALD, forces within ~1e-3 eV/A) unless ``--exact-sampling``; labels are always
+computed with the converged :class:`QTIP4PF` on the positions exactly as i-PI wrote them.
+
+``ipi-nc reference-data --start-structure inputs/water64.xyz --molecules 64`` makes the
+equilibrated start structures shipped in inputs/ (lattice of randomly oriented monomers at
+0.997 g/cm^3, FIRE relaxation, then ASE Langevin MD at 300 K with the reference potential),
+written in i-PI's xyz format (cell in the comment line, atoms O H H per molecule).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+WATER_MASS_G_PER_MOL = 18.01528
+AVOGADRO = 6.02214076e23
+DEFAULT_DENSITY_G_CM3 = 0.997
+
+
+# --------------------------------------------------------------------------- start structures
+def box_length_ang(n_molecules: int, density_g_cm3: float = DEFAULT_DENSITY_G_CM3) -> float:
+    """Edge (A) of the cubic box holding ``n_molecules`` waters at ``density_g_cm3``."""
+    volume_cm3 = n_molecules * WATER_MASS_G_PER_MOL / AVOGADRO / density_g_cm3
+    return (volume_cm3 * 1e24) ** (1.0 / 3.0)
+
+
+def _random_rotation(rng: np.random.Generator) -> np.ndarray:
+    """Uniformly distributed 3x3 rotation (from a random unit quaternion)."""
+    q = rng.normal(size=4)
+    w, x, y, z = q / np.linalg.norm(q)
+    return np.array(
+        [
+            [1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
+            [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
+            [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)],
+        ]
+    )
+
+
+def water_monomer_ang() -> np.ndarray:
+    """(3, 3) O, H, H positions (A) of the q-TIP4P/F equilibrium monomer, O at the origin."""
+    from models.qtip4pf import R_EQ_ANG, THETA_EQ_DEG
+
+    half = math.radians(THETA_EQ_DEG) / 2
+    return np.array(
+        [
+            [0.0, 0.0, 0.0],
+            [R_EQ_ANG * math.sin(half), 0.0, R_EQ_ANG * math.cos(half)],
+            [-R_EQ_ANG * math.sin(half), 0.0, R_EQ_ANG * math.cos(half)],
+        ]
+    )
+
+
+def lattice_water_box(n_molecules: int, density_g_cm3: float = DEFAULT_DENSITY_G_CM3, seed: int = 0):
+    """ase.Atoms: ``n_molecules`` randomly oriented monomers on random sites of a cubic grid,
+    periodic cubic box at ``density_g_cm3``; atoms ordered O H H."""
+    import ase
+
+    rng = np.random.default_rng(seed)
+    length = box_length_ang(n_molecules, density_g_cm3)
+    n_side = math.ceil(n_molecules ** (1.0 / 3.0) - 1e-9)
+    grid = np.stack(np.meshgrid(*[np.arange(n_side)] * 3, indexing="ij"), -1).reshape(-1, 3)
+    chosen = grid[rng.choice(len(grid), size=n_molecules, replace=False)]
+    monomer = water_monomer_ang()
+    centre = monomer.mean(axis=0)
+    positions = [
+        (monomer - centre) @ _random_rotation(rng).T + (site + 0.5) * length / n_side for site in chosen
+    ]
+    return ase.Atoms("OHH" * n_molecules, positions=np.concatenate(positions), cell=[length] * 3, pbc=True)
+
+
+def set_temperature(atoms, temperature_k: float, seed: int = 0) -> None:
+    """Maxwell-Boltzmann momenta at ``temperature_k`` (ASE >= 3.29 name, older fallback)."""
+    try:
+        from ase.md.velocitydistribution import thermalize_momenta
+    except ImportError:  # ASE < 3.29
+        from ase.md.velocitydistribution import MaxwellBoltzmannDistribution as thermalize_momenta
+    thermalize_momenta(atoms, temperature_K=temperature_k, rng=np.random.default_rng(seed))
+
+
+def equilibrate(atoms, model, temperature_k: float, time_ps: float, seed: int = 0, log=print):
+    """Relax (FIRE) then run ASE Langevin NVT (dt 0.5 fs, friction 0.01/fs) with ``model``."""
+    from ase import units
+    from ase.md.langevin import Langevin
+    from ase.optimize import FIRE
+
+    from models.ase_calculator import ModelCalculator
+
+    atoms = atoms.copy()
+    atoms.calc = ModelCalculator(model)
+    FIRE(atoms, logfile=None).run(fmax=0.5, steps=300)
+    set_temperature(atoms, temperature_k, seed)
+    dt_fs = 0.5
+    dyn = Langevin(
+        atoms, timestep=dt_fs * units.fs, temperature_K=temperature_k, friction=0.01 / units.fs,
+        fixcm=False, rng=np.random.default_rng(seed + 1),
+    )
+    n_steps = int(round(time_ps * 1000 / dt_fs))
+    report = max(1, n_steps // 10)
+    start = time.perf_counter()
+    for done in range(0, n_steps, report):
+        dyn.run(min(report, n_steps - done))
+        log(
+            f"  equilibration {(done + min(report, n_steps - done)) * dt_fs / 1000:.2f}/{time_ps:.2f} ps: "
+            f"T = {atoms.get_temperature():6.1f} K, E_pot = {atoms.get_potential_energy():9.4f} eV "
+            f"({time.perf_counter() - start:.0f} s)"
+        )
+    atoms.calc = None
+    return atoms
+
+
+def write_ipi_xyz(atoms, path: str | Path) -> Path:
+    """Write ``atoms`` in i-PI's xyz format (cell abcABC in the comment line, Angstrom)."""
+    path = Path(path)
+    a, b, c, alpha, beta, gamma = atoms.cell.cellpar()
+    # i-PI parses CELL(abcABC) and the units; ASE's extxyz reader parses Lattice/pbc from the
+    # same line (i-PI's cell convention: a along x, b in the xy plane, as ASE's Lattice here)
+    from ase.geometry import cellpar_to_cell
+
+    lattice = cellpar_to_cell([a, b, c, alpha, beta, gamma])
+    lattice[np.abs(lattice) < 1e-12] = 0.0
+    lines = [
+        str(len(atoms)),
+        f"# CELL(abcABC): {a:.8f} {b:.8f} {c:.8f} {alpha:.5f} {beta:.5f} {gamma:.5f} "
+        "positions{angstrom} cell{angstrom} "
+        f'Lattice="{" ".join(f"{v:.8f}" for v in lattice.reshape(-1))}" '
+        'Properties=species:S:1:pos:R:3 pbc="T T T"',
+    ]
+    for symbol, (x, y, z) in zip(atoms.get_chemical_symbols(), atoms.positions):
+        lines.append(f"{symbol:2s} {x:15.8f} {y:15.8f} {z:15.8f}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def read_structure(path: str | Path):
+    """ase.Atoms from an i-PI xyz (cell from the ``CELL(abcABC)`` comment) or any ASE file."""
+    import ase.io
+    from ipi.utils.io import read_file_raw
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"structure file '{path}' does not exist")
+    with open(path) as handle:
+        first = handle.readline(), handle.readline()
+    if "CELL" in first[1]:
+        with open(path) as handle:
+            raw = read_file_raw("xyz", handle)
+        import ase
+
+        cell = np.asarray(raw["cell"]).reshape(3, 3).T.copy()
+        cell[np.abs(cell) < 1e-9] = 0.0  # cos(90 deg) round-off of the abcABC conversion
+        return ase.Atoms(
+            symbols=list(raw["names"]), positions=np.asarray(raw["data"]).reshape(-1, 3), cell=cell, pbc=True
+        )
+    return ase.io.read(path, index=0)
+
+
+def make_start_structure(
+    out: str | Path, n_molecules: int, seed: int = 0, time_ps: float = 3.0, temperature_k: float = 300.0,
+    density_g_cm3: float = DEFAULT_DENSITY_G_CM3, log=print,
+) -> Path:
+    """Build, equilibrate with q-TIP4P/F and write an i-PI xyz start structure."""
+    from models.qtip4pf import QTIP4PF
+
+    atoms = lattice_water_box(n_molecules, density_g_cm3, seed)
+    log(
+        f"start structure: {n_molecules} H2O in a {atoms.cell.lengths()[0]:.4f} A cubic box "
+        f"({density_g_cm3} g/cm^3), {time_ps} ps at {temperature_k} K"
+    )
+    atoms = equilibrate(atoms, QTIP4PF(), temperature_k, time_ps, seed=seed, log=log)
+    atoms.wrap()
+    # wrapping may split molecules across the box: harmless (q-TIP4P/F uses minimum-image
+    # O-H vectors) but keep them whole for viewers: move H next to their O
+    pos = atoms.positions.reshape(-1, 3, 3)
+    cell = atoms.cell.array
+    for k in (1, 2):
+        d = pos[:, k] - pos[:, 0]
+        frac = np.linalg.solve(cell.T, d.T).T
+        pos[:, k] = pos[:, 0] + d - np.round(frac) @ cell
+    atoms.positions = pos.reshape(-1, 3)
+    return write_ipi_xyz(atoms, out)
+
+
+# --------------------------------------------------------------------------- i-PI sampling
+@dataclass
+class Segment:
+    """One i-PI run. temperature_k: K; nbeads: 1 = classical; frames: frames wanted (all beads);
+    stride_steps: MD steps between samples; equil_steps: steps discarded first; tau_fs: thermostat."""
+
+    name: str
+    kind: str
+    temperature_k: float
+    nbeads: int
+    frames: int
+    stride_steps: int
+    equil_steps: int
+    tau_fs: float
+    seed: int
+
+    @property
+    def samples(self) -> int:
+        return math.ceil(self.frames / self.nbeads)
+
+    @property
+    def total_steps(self) -> int:
+        return self.equil_steps + self.samples * self.stride_steps
+
+
+# Ewald settings of the model that drives i-PI's dynamics (labels always use QTIP4PF())
+SAMPLING_EWALD = {"real_cutoff": 8.0, "ewald_alpha": 0.35, "kspace_cutoff": 2.8}
+
+IPI_INPUT = """<simulation verbosity="low" safe_stride="1000000">
+  <output prefix="sim">
+    <properties stride="{stride}" filename="out"> [ step, time{{picosecond}}, temperature{{kelvin}}, potential{{electronvolt}} ] </properties>
+    <trajectory filename="pos" stride="{stride}" format="xyz" cell_units="angstrom"> positions{{angstrom}} </trajectory>
+    <checkpoint stride="1000000"/>
+  </output>
+  <total_steps> {total_steps} </total_steps>
+  <prng><seed> {seed} </seed></prng>
+  <ffdirect name="qtip4pf">
+    <pes>custom</pes>
+    <pes_path> {pes_path} </pes_path>
+    <parameters>{{model: {model}, template: {template}, mode: conservative}}</parameters>
+    <batch_size> {nbeads} </batch_size>
+  </ffdirect>
+  <system>
+    <initialize nbeads="{nbeads}">
+      <file mode="xyz"> {structure} </file>
+      <velocities mode="thermal" units="kelvin"> {temperature} </velocities>
+    </initialize>
+    <forces> <force forcefield="qtip4pf"/> </forces>
+    <ensemble> <temperature units="kelvin"> {temperature} </temperature> </ensemble>
+    <motion mode="dynamics">
+      <dynamics mode="nvt">
+        <timestep units="femtosecond"> {dt_fs} </timestep>
+        <thermostat mode="{thermostat}"> <tau units="femtosecond"> {tau_fs} </tau> </thermostat>
+      </dynamics>
+    </motion>
+  </system>
+</simulation>
+"""
+
+
+def plan_segments(
+    frames: int, stride_fs: float, dt_fs: float, seed: int, nbeads: int, hot_temperatures_k: list[float],
+    classical_fraction: float = 0.4, pimd_fraction: float = 0.4,
+) -> list[Segment]:
+    """Split ``frames`` into classical 300 K, PIMD 300 K and hot classical segments."""
+    stride = max(1, round(stride_fs / dt_fs))
+    n_classical = round(frames * classical_fraction)
+    n_pimd = round(frames * pimd_fraction) if nbeads > 1 else 0
+    n_hot = frames - n_classical - n_pimd
+    if not hot_temperatures_k:
+        n_classical, n_hot = n_classical + n_hot, 0
+    # two independent classical trajectories: better decorrelated, and they run in parallel
+    half = n_classical // 2
+    segments = [
+        Segment(f"classical-300K-{k}", "classical", 300.0, 1, n, stride, round(50 / dt_fs), 100.0, seed + 10 * k)
+        for k, n in enumerate((n_classical - half, half))
+    ]
+    if n_pimd:
+        # beads start collapsed on the classical structure: discard ~100 fs while PILE-L expands them
+        segments.append(
+            Segment(f"pimd-300K-{nbeads}beads", "pimd", 300.0, nbeads, n_pimd, stride, round(100 / dt_fs), 100.0, seed + 1)
+        )
+    for k, temp in enumerate(hot_temperatures_k):
+        share = n_hot // len(hot_temperatures_k) + (1 if k < n_hot % len(hot_temperatures_k) else 0)
+        if share:
+            # a stiffer thermostat (tau 25 fs) heats the box within the ~200 fs discarded
+            segments.append(
+                Segment(f"hot-{temp:.0f}K", "hot", temp, 1, share, stride, round(200 / dt_fs), 25.0, seed + 2 + k)
+            )
+    return [s for s in segments if s.frames > 0]
+
+
+def _ipi_command() -> list[str]:
+    script = Path(sys.executable).with_name("i-pi")
+    if script.exists():
+        return [sys.executable, str(script)]
+    found = shutil.which("i-pi")
+    if not found:
+        raise FileNotFoundError("the i-pi executable was not found next to this Python or on PATH; pip install ipi")
+    return [found]
+
+
+def start_segment(segment: Segment, workdir: Path, model_path: Path, structure: Path, dt_fs: float):
+    """Write the i-PI input for ``segment`` into workdir/<name>/ and start i-PI there."""
+    import ipi_driver.pes as pes
+
+    run_dir = workdir / segment.name
+    run_dir.mkdir(parents=True, exist_ok=True)
+    xml = IPI_INPUT.format(
+        stride=segment.stride_steps, total_steps=segment.total_steps, seed=segment.seed,
+        pes_path=Path(pes.__file__).resolve(), model=model_path.resolve(), template=structure.resolve(),
+        nbeads=segment.nbeads, structure=structure.resolve(), temperature=segment.temperature_k, dt_fs=dt_fs,
+        thermostat="pile_l" if segment.nbeads > 1 else "langevin", tau_fs=segment.tau_fs,
+    )
+    (run_dir / "input.xml").write_text(xml)
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    log = open(run_dir / "ipi.log", "w")
+    return subprocess.Popen(_ipi_command() + ["input.xml"], cwd=run_dir, stdout=log, stderr=subprocess.STDOUT, env=env)
+
+
+def _steps_done(run_dir: Path) -> int:
+    out = run_dir / "sim.out"
+    if not out.exists():
+        return 0
+    last = 0
+    for line in out.read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            last = int(float(line.split()[0]))
+    return last
+
+
+def read_segment_frames(segment: Segment, run_dir: Path) -> list:
+    """ase.Atoms frames (after equilibration) from every bead's position trajectory, with info."""
+    import ase
+    from ipi.utils.io import iter_file_raw
+
+    files = sorted(run_dir.glob("sim.pos_*.xyz"))
+    if len(files) != segment.nbeads:
+        raise RuntimeError(f"i-PI run '{run_dir}' wrote {len(files)} position files, expected {segment.nbeads}")
+    frames = []
+    for bead, path in enumerate(files):
+        with open(path) as handle:
+            for index, raw in enumerate(iter_file_raw("xyz", handle)):
+                found = re.search(r"Step:\s*(\d+)", raw["comment"])
+                step = int(found.group(1)) if found else index * segment.stride_steps
+                if step <= segment.equil_steps:
+                    continue
+                cell = np.asarray(raw["cell"]).reshape(3, 3).T.copy()
+                cell[np.abs(cell) < 1e-9] = 0.0  # cos(90 deg) round-off of the abcABC conversion
+                atoms = ase.Atoms(
+                    symbols=list(raw["names"]), positions=np.asarray(raw["data"]).reshape(-1, 3), cell=cell, pbc=True
+                )
+                atoms.info.update(
+                    {"kind": segment.kind, "temperature_K": segment.temperature_k, "bead": bead,
+                     "nbeads": segment.nbeads, "step": step, "segment": segment.name}
+                )
+                frames.append((step, bead, atoms))
+    frames.sort(key=lambda item: (item[0], item[1]))
+    return [atoms for _, _, atoms in frames][: segment.frames]
+
+
+def label_frames(frames: list, model, chunk: int = 8) -> list:
+    """Attach q-TIP4P/F energy (eV), forces (eV/A), stress (eV/A^3) and info['virial'] (eV)."""
+    from ase.calculators.singlepoint import SinglePointCalculator
+
+    from models.base import Batch, evaluate
+
+    for start in range(0, len(frames), chunk):
+        group = frames[start : start + chunk]
+        p = evaluate(model, Batch.from_ase(group))
+        for k, atoms in enumerate(group):
+            virial = p.virial[k].numpy()
+            sigma = -virial / atoms.cell.volume  # ASE: stress = -W / V
+            atoms.info["virial"] = virial
+            atoms.calc = SinglePointCalculator(
+                atoms,
+                energy=float(p.energy[k]),
+                forces=p.forces[k].numpy(),
+                stress=np.array([sigma[0, 0], sigma[1, 1], sigma[2, 2], sigma[1, 2], sigma[0, 2], sigma[0, 1]]),
+            )
+    return frames
+
+
+def _run_all(pending, running, results, timings, workdir, model_path, structure, dt_fs, jobs, start, log) -> None:
+    """Keep ``jobs`` i-PI runs going until all segments are done; fills results/timings."""
+    last_report = 0.0
+    while pending or running:
+        while pending and len(running) < jobs:
+            s = pending.pop(0)
+            running[s.name] = (s, start_segment(s, workdir, model_path, structure, dt_fs), time.perf_counter())
+        time.sleep(0.5)
+        for name, (s, proc, t0) in list(running.items()):
+            if proc.poll() is None:
+                continue
+            del running[name]
+            run_dir = workdir / name
+            if proc.returncode != 0:
+                tail = (run_dir / "ipi.log").read_text().strip().splitlines()[-5:]
+                raise RuntimeError(f"i-PI failed for segment {name} (exit {proc.returncode}; see {run_dir}/ipi.log): "
+                                   + " | ".join(tail))
+            timings[name] = time.perf_counter() - t0
+            results[name] = read_segment_frames(s, run_dir)
+            log(f"segment {name} done: {len(results[name])} frames in {timings[name]:.0f} s")
+        if running and time.perf_counter() - last_report > 15:
+            last_report = time.perf_counter()
+            progress = ", ".join(
+                f"{n} {_steps_done(workdir / n)}/{s.total_steps}" for n, (s, _, _) in running.items()
+            )
+            log(f"  [{last_report - start:5.0f} s] steps: {progress}")
+
+
+def generate(
+    out: Path, structure: Path, frames: int, seed: int, stride_fs: float, dt_fs: float, nbeads: int,
+    hot_temperatures_k: list[float], jobs: int, workdir: Path | None, exact_sampling: bool = False, log=print,
+) -> dict:
+    """Run all segments with i-PI (``jobs`` at a time), label and write ``out``. Returns timings (s)."""
+    import ase.io
+    import torch
+
+    from models.io import save_model
+    from models.qtip4pf import QTIP4PF, check_water_order
+
+    torch.set_num_threads(1)
+    atoms = read_structure(structure)
+    check_water_order(torch.as_tensor(atoms.numbers))
+    segments = plan_segments(frames, stride_fs, dt_fs, seed, nbeads, hot_temperatures_k)
+    keep = workdir is not None
+    workdir = Path(workdir) if keep else Path(tempfile.mkdtemp(prefix="ipi-nc-refdata-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    model = QTIP4PF()
+    # the dynamics may use looser Ewald settings (forces within ~1e-3 eV/A, ~2x cheaper):
+    # only the sampled configurations depend on them, every label uses the converged model
+    sampler = model if exact_sampling else QTIP4PF(**SAMPLING_EWALD)
+    model_path = save_model(sampler, workdir / "qtip4pf.pt", {"note": "q-TIP4P/F reference potential (sampling)"})
+    for s in segments:
+        log(
+            f"segment {s.name}: {s.frames} frames = {s.samples} samples x {s.nbeads} bead(s), every "
+            f"{s.stride_steps * dt_fs:g} fs, {s.total_steps} steps of {dt_fs:g} fs ({s.equil_steps} discarded)"
+        )
+    timings: dict[str, float] = {}
+    start = time.perf_counter()
+    pending = sorted(segments, key=lambda s: -s.total_steps * s.nbeads)  # longest first
+    running: dict[str, tuple[Segment, subprocess.Popen, float]] = {}
+    results: dict[str, list] = {}
+    try:
+        _run_all(pending, running, results, timings, workdir, model_path, structure, dt_fs, jobs, start, log)
+    finally:  # never leave i-PI processes behind (error, Ctrl-C)
+        for _, proc, _ in running.values():
+            proc.terminate()
+    timings["md_total"] = time.perf_counter() - start
+
+    t0 = time.perf_counter()
+    all_frames = [atoms for s in segments for atoms in results[s.name]]
+    label_frames(all_frames, model)
+    timings["labelling"] = time.perf_counter() - t0
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp_out = out.with_name(out.name + ".part")
+    ase.io.write(tmp_out, all_frames, format="extxyz")
+    tmp_out.replace(out)  # a reader never sees a half-written data set
+    timings["total"] = time.perf_counter() - start
+    if not keep:
+        shutil.rmtree(workdir, ignore_errors=True)
+    counts = {}
+    for atoms in all_frames:
+        counts[atoms.info["segment"]] = counts.get(atoms.info["segment"], 0) + 1
+    log(
+        f"wrote {len(all_frames)} frames to {out} ({', '.join(f'{k}: {v}' for k, v in counts.items())}); "
+        f"MD {timings['md_total']:.0f} s, labelling {timings['labelling']:.0f} s, total {timings['total']:.0f} s"
+    )
+    return timings
+
+
+# --------------------------------------------------------------------------- command line
+def build_parser() -> argparse.ArgumentParser:
+    root = Path(__file__).resolve().parents[1]
+    parser = argparse.ArgumentParser(
+        prog="ipi-nc reference-data",
+        description=(
+            "Generate q-TIP4P/F water training data with i-PI (<ffdirect>, no sockets): classical NVT at "
+            "300 K, path-integral NVT at 300 K (each bead one frame) and hotter classical NVT, labelled with "
+            "energy (eV), forces (eV/A), stress (eV/A^3) and virial (eV), written as extxyz (ase.io.read "
+            "returns them via get_potential_energy/get_forces/get_stress; info['virial'], info['kind'], "
+            "info['temperature_K']). With --start-structure: build and equilibrate a start box instead."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--out", type=Path, default=Path("data/water-train.extxyz"), help="extxyz file to write")
+    parser.add_argument("--frames", type=int, default=1200, help="total frames (40%% classical, 40%% PIMD beads, 20%% hot)")
+    parser.add_argument("--structure", type=Path, default=root / "inputs" / "water64.xyz",
+                        help="start structure (i-PI xyz with CELL(abcABC) comment, atoms O H H per molecule)")
+    parser.add_argument("--seed", type=int, default=12345, help="random seed of i-PI's thermostats/velocities")
+    parser.add_argument("--stride-fs", type=float, default=10.0, help="time between sampled frames (fs)")
+    parser.add_argument("--dt-fs", type=float, default=0.5, help="MD time step (fs)")
+    parser.add_argument("--nbeads", type=int, default=8, help="path-integral beads (1 = no PIMD segment)")
+    parser.add_argument("--hot-temperatures", type=float, nargs="*", default=[450.0, 600.0],
+                        help="temperatures (K) of the hot classical segments")
+    parser.add_argument("--jobs", type=int, default=2, help="i-PI runs at a time (one CPU core each)")
+    parser.add_argument("--workdir", type=Path, default=None, help="keep i-PI inputs/outputs here (default: temporary)")
+    parser.add_argument("--exact-sampling", action="store_true",
+                        help="drive the MD with the converged Ewald settings too (default: looser, ~2x faster, "
+                        "forces within ~1e-3 eV/A; labels are always converged)")
+    start = parser.add_argument_group("start structure (instead of data)")
+    start.add_argument("--start-structure", type=Path, metavar="XYZ", help="write an equilibrated start box here")
+    start.add_argument("--molecules", type=int, default=64, help="water molecules in the start box")
+    start.add_argument("--density", type=float, default=DEFAULT_DENSITY_G_CM3, help="density (g/cm^3)")
+    start.add_argument("--equilibrate-ps", type=float, default=3.0, help="ASE Langevin time at 300 K (ps)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``ipi-nc reference-data``: returns the exit code."""
+    args = build_parser().parse_args(argv)
+
+    def fail(message: str) -> int:
+        print(f"ipi-nc reference-data: {message}", file=sys.stderr)
+        return 2
+
+    if args.start_structure is not None:
+        if args.molecules < 1 or args.density <= 0 or args.equilibrate_ps < 0:
+            return fail("--molecules, --density and --equilibrate-ps must be positive")
+        import torch
+
+        torch.set_num_threads(1)
+        path = make_start_structure(
+            args.start_structure, args.molecules, seed=args.seed, time_ps=args.equilibrate_ps,
+            density_g_cm3=args.density,
+        )
+        print(f"wrote {path}")
+        return 0
+    if args.frames < 1:
+        return fail(f"--frames must be at least 1 (got {args.frames})")
+    if args.stride_fs < args.dt_fs or args.dt_fs <= 0:
+        return fail(f"--stride-fs ({args.stride_fs}) must be >= --dt-fs ({args.dt_fs}) > 0")
+    if args.nbeads < 1 or args.jobs < 1:
+        return fail("--nbeads and --jobs must be at least 1")
+    if not args.structure.is_file():
+        return fail(f"structure file '{args.structure}' (--structure) does not exist; make one with --start-structure")
+    try:
+        generate(
+            out=args.out, structure=args.structure, frames=args.frames, seed=args.seed, stride_fs=args.stride_fs,
+            dt_fs=args.dt_fs, nbeads=args.nbeads, hot_temperatures_k=list(args.hot_temperatures), jobs=args.jobs,
+            workdir=args.workdir, exact_sampling=args.exact_sampling,
+        )
+    except (ValueError, RuntimeError, FileNotFoundError) as exc:
+        return fail(str(exc).splitlines()[0])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
