@@ -46,6 +46,7 @@ MODE_FOR_NAME = {
     "correction": "correction",
 }
 DEFAULT_SOCKETS_PREFIX = "/tmp/ipi_"
+IPI_EXIT_GRACE_S = 60.0  # seconds i-PI may take to write its last files after sending EXIT
 
 
 class RunError(RuntimeError):
@@ -416,6 +417,7 @@ def run(args: argparse.Namespace) -> int:
         if info.properties_file and not args.quiet:
             progress = Progress(workdir / info.properties_file, info.total_steps, info.timestep_fs, start_step)
         last_print = time.monotonic()
+        exit_seen = 0.0
         while True:
             if r.stop_signal:
                 name = signal.Signals(r.stop_signal).name
@@ -437,7 +439,15 @@ def run(args: argparse.Namespace) -> int:
                 print(f"ipi-nc run: finished; outputs in {workdir}")
                 return 0
             for label, p in r.drivers:
-                if p.poll() is not None:
+                if p.poll() == 0:
+                    # exit 0 = the driver got i-PI's EXIT: i-PI is finishing, give it time to write its files
+                    exit_seen = exit_seen or time.monotonic()
+                    if time.monotonic() - exit_seen > IPI_EXIT_GRACE_S:
+                        raise RunError(
+                            f"i-PI sent EXIT to driver '{label}' but is still running after {IPI_EXIT_GRACE_S:.0f} s "
+                            f"(see {workdir / 'ipi.log'})"
+                        )
+                elif p.poll() is not None:
                     raise RunError(
                         f"driver '{label}' exited with code {p.returncode} while i-PI was running "
                         f"(see {workdir / f'driver-{label}.log'}); i-PI stopped, continue with --resume"
