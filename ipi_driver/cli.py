@@ -149,9 +149,8 @@ def main(argv: list[str] | None = None) -> int:
             socket_description,
         )
         from ipi_driver.evaluator import ForceError
-        from ipi_driver.setup import SetupError, build_evaluator, default_skin_ang
+        from ipi_driver.setup import SetupError, build_evaluator
 
-        skin = default_skin_ang(args.device) if args.neighbor_skin is None else args.neighbor_skin
         try:
             evaluator = build_evaluator(
                 model_path=args.model,
@@ -161,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
                 dtype=args.dtype,
                 remove_net_force=args.remove_net_force,
                 extras_other_head=args.extras_other_head,
-                neighbor_skin_ang=skin,
+                neighbor_skin_ang=args.neighbor_skin,
             )
             where = socket_description(args.unix, args.address, args.port or 0, args.sockets_prefix)
             print(

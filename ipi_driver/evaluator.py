@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from ipi_driver.allocator import keep_freed_memory
 from ipi_driver.units import (
     ANGSTROM_PER_BOHR,
     HARTREE_BOHR_PER_EV_ANGSTROM,
@@ -113,6 +114,7 @@ class ForceEvaluator:
         self.neighbor_cache = NeighborCache(neighbor_skin_ang) if neighbor_skin_ang > 0 else None
         self.requests = 0
         self._warned_virial = False
+        keep_freed_memory()  # per-request tensors stay mapped: see ipi_driver/allocator.py
 
     def _batch(self, cells_bohr: list[np.ndarray], positions_bohr: list[np.ndarray]) -> Batch:
         n_atoms = len(self.species)

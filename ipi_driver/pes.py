@@ -66,9 +66,7 @@ class NCForcesDriver(Dummy_driver):
 
     def check_parameters(self) -> None:
         # imported here so that i-PI can scan this file without importing torch
-        from ipi_driver.setup import build_evaluator, default_skin_ang
-
-        skin = default_skin_ang(str(self.device)) if self.neighbor_skin is None else self.neighbor_skin
+        from ipi_driver.setup import build_evaluator
 
         self.evaluator = build_evaluator(
             model_path=self.model_path,
@@ -77,7 +75,7 @@ class NCForcesDriver(Dummy_driver):
             device=self.device,
             dtype=self.dtype,
             remove_net_force=self.remove_net_force,
-            neighbor_skin_ang=skin,
+            neighbor_skin_ang=self.neighbor_skin,
         )
 
     def compute_structure(self, cell, pos):

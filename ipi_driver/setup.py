@@ -11,7 +11,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ipi_driver.allocator import keep_freed_memory
 from ipi_driver.evaluator import HEADS_FOR_MODE, MODES, ForceEvaluator
 from models.io import load_model
 
@@ -58,9 +57,12 @@ def build_evaluator(
     dtype: str | None = None,
     remove_net_force: bool = False,
     extras_other_head: bool = False,
-    neighbor_skin_ang: float = 0.0,
+    neighbor_skin_ang: float | None = None,
 ) -> ForceEvaluator:
-    """Load model and species, check they fit the mode; SetupError otherwise."""
+    """Load model and species, check they fit the mode; SetupError otherwise.
+
+    neighbor_skin_ang: Verlet skin (A) of the neighbour-list cache; None = :func:`default_skin_ang`.
+    """
     if mode not in MODES:
         raise SetupError(f"unknown mode '{mode}' (--mode): choose from {', '.join(MODES)}")
     dtype = dtype or default_dtype(device)
@@ -69,7 +71,6 @@ def build_evaluator(
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise SetupError(f"device '{device}' requested (--device) but torch sees no CUDA GPU here")
     species = read_species(structure_path)
-    keep_freed_memory()
     try:
         model = load_model(model_path, require_heads=HEADS_FOR_MODE[mode], device=device, dtype=DTYPES[dtype])
         return ForceEvaluator(
@@ -78,7 +79,7 @@ def build_evaluator(
             mode,
             remove_net_force=remove_net_force,
             extras_other_head=extras_other_head,
-            neighbor_skin_ang=neighbor_skin_ang,
+            neighbor_skin_ang=default_skin_ang(device) if neighbor_skin_ang is None else neighbor_skin_ang,
         )
     except ValueError as exc:
         raise SetupError(f"{exc} [model '{model_path}', structure '{structure_path}']") from None
