@@ -24,7 +24,7 @@ import numpy as np
 from ase.units import _k as BOLTZMANN_J_PER_K
 
 from analysis import plotting
-from analysis.readers import AnalysisInputError, RunFiles, read_traj, timestep_ps
+from analysis.readers import AnalysisInputError, RunFiles, timestep_ps
 from analysis.report import fmt, markdown_table, write_report
 
 YEH_HUMMER_XI = 2.837297
@@ -81,12 +81,10 @@ def diffusion_of(run: RunFiles, species: str = "O", fit_range: tuple[float, floa
                  skip_ps: float = 0.0, temperature_k: float | None = None,
                  viscosity_mpas: float | None = None) -> dict:
     """D of ``species`` in one run, A^2/ps and 1e-5 cm^2/s, with block error and finite-size note."""
-    files = run.trajectory_files("positions", "x_centroid")
-    if not files:
-        raise AnalysisInputError(f"{run.prefix}: no positions trajectory; add <trajectory filename='pos'>"
-                                 f"positions{{angstrom}}</trajectory> to the i-PI input")
-    beads = [read_traj(p) for p in files]
-    messages = [w for b in beads for w in b.warnings]
+    beads, messages = run.read_beads(
+        ("positions", "x_centroid"),
+        "no positions trajectory; add <trajectory filename='pos'>positions{angstrom}</trajectory> to the i-PI input",
+    )
     n = min(len(b.data) for b in beads)
     cells = beads[0].cells[:n]
     x = np.mean([unwrap(b.data[:n], cells) for b in beads], axis=0)  # centroid for PIMD
@@ -101,9 +99,9 @@ def diffusion_of(run: RunFiles, species: str = "O", fit_range: tuple[float, floa
         x = x - (com - com[0])[:, None, :]
     mask = np.array(beads[0].symbols) == species
     if not mask.any():
-        raise AnalysisInputError(f"{files[0]}: no atoms of species '{species}' (have {sorted(set(beads[0].symbols))})")
+        raise AnalysisInputError(f"{beads[0].path}: no atoms of species '{species}' (have {sorted(set(beads[0].symbols))})")
     if len(x) < 20:
-        raise AnalysisInputError(f"{files[0]}: only {len(x)} frames; the MSD needs at least 20")
+        raise AnalysisInputError(f"{beads[0].path}: only {len(x)} frames; the MSD needs at least 20")
     if n_blocks > 1 and len(x) // n_blocks < 20:
         messages.append(f"{run.name}: too few frames for {n_blocks} blocks of >= 20 frames; D has no error bar")
         n_blocks = 1

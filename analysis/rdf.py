@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from analysis import plotting
-from analysis.readers import AnalysisInputError, RunFiles, read_traj
+from analysis.readers import AnalysisInputError, RunFiles
 from analysis.report import markdown_table, write_report
 
 
@@ -61,17 +61,13 @@ def rdf(positions: np.ndarray, cells: np.ndarray, symbols: list[str], a: str, b:
 def rdf_of(run: RunFiles, pairs: list[tuple[str, str]], r_max: float | None = None, n_bins: int = 200,
            stride: int = 1) -> dict:
     """g(r) of every pair for one run (all bead files pooled), with first-peak position and height."""
-    files = run.trajectory_files("positions", "x_centroid")
-    if not files:
-        raise AnalysisInputError(f"{run.prefix}: no positions trajectory for g(r)")
-    beads = [read_traj(p) for p in files]
-    messages = [w for b in beads for w in b.warnings]
+    beads, messages = run.read_beads(("positions", "x_centroid"), "no positions trajectory for g(r)")
     pos = np.concatenate([b.data[::stride] for b in beads])
     cells = np.concatenate([b.cells[::stride] for b in beads])
     limit = min(max_radius(c) for c in cells)
     r_max = limit if r_max is None else r_max
     if r_max > limit + 1e-9:
-        raise AnalysisInputError(f"{files[0]}: --r-max {r_max} A exceeds half the cell width {limit:.3f} A")
+        raise AnalysisInputError(f"{beads[0].path}: --r-max {r_max} A exceeds half the cell width {limit:.3f} A")
     result = {"run": run.name, "r_max_a": r_max, "n_frames": int(len(pos)), "pairs": {}, "warnings": messages,
               "series": {}}
     for a, b in pairs:

@@ -377,6 +377,17 @@ class RunFiles:
                 return self.trajectories[kind]
         return []
 
+    def read_beads(self, kinds: tuple[str, ...], missing: str) -> tuple[list["Trajectory"], list[str]]:
+        """Every bead file of the first of ``kinds`` the run has, read, plus their warnings.
+
+        Raises AnalysisInputError("<prefix>: <missing>") when the run has none of ``kinds``.
+        """
+        files = self.trajectory_files(*kinds)
+        if not files:
+            raise AnalysisInputError(f"{self.prefix}: {missing}")
+        beads = [read_traj(p) for p in files]
+        return beads, [w for b in beads for w in b.warnings]
+
 
 def _is_properties_file(path: Path) -> bool:
     try:

@@ -15,7 +15,7 @@ import numpy as np
 from ipi.utils.units import unit_to_internal, unit_to_user
 
 from analysis import plotting
-from analysis.readers import AnalysisInputError, RunFiles, read_traj, species_masks, timestep_ps
+from analysis.readers import AnalysisInputError, RunFiles, species_masks, timestep_ps
 from analysis.report import markdown_table, write_report
 
 CM1_PER_THZ: float = float(unit_to_user("frequency", "inversecm", unit_to_internal("frequency", "thz", 1.0)))
@@ -44,17 +44,15 @@ def vdos(acf: np.ndarray, dt_ps: float, max_lag: int, pad: int = 8) -> tuple[np.
 def spectrum_of(run: RunFiles, max_lag_ps: float | None = None, timestep_fs: float | None = None,
                 min_peak_cm1: float = 50.0) -> dict:
     """VACF and VDOS per species of one run, with the main peak (cm^-1) above ``min_peak_cm1``."""
-    files = run.trajectory_files("velocities", "v_centroid")
-    if not files:
-        raise AnalysisInputError(f"{run.prefix}: no velocity trajectory; add <trajectory filename='vel' "
-                                 f"stride='1'>velocities</trajectory> to the i-PI input")
-    beads = [read_traj(p) for p in files]
-    messages = [w for b in beads for w in b.warnings]
+    beads, messages = run.read_beads(
+        ("velocities", "v_centroid"),
+        "no velocity trajectory; add <trajectory filename='vel' stride='1'>velocities</trajectory> to the i-PI input",
+    )
     n = min(len(b.data) for b in beads)
     v = np.mean([b.data[:n] for b in beads], axis=0)
     steps = beads[0].steps[:n]
     if n < 8:
-        raise AnalysisInputError(f"{files[0]}: only {n} frames; a spectrum needs a longer run")
+        raise AnalysisInputError(f"{beads[0].path}: only {n} frames; a spectrum needs a longer run")
     dt = timestep_ps(run, timestep_fs) * float(np.median(np.diff(steps)))
     max_lag = n // 4 if max_lag_ps is None else int(round(max_lag_ps / dt))
     max_lag = max(4, min(max_lag, n - 1))
