@@ -156,7 +156,8 @@ def evaluate(
     direct: direct forces (and direct virial if the model predicts one); when
     ``conservative`` is False this runs under ``torch.inference_mode`` (no graph), and
     ``energy`` chooses whether the energy head, if any, is evaluated too.
-    create_graph: keep the graph of the conservative forces (for Jacobians / training).
+    create_graph: keep the graph of the returned energy and forces (e.g. for a loss on them);
+      positions are an internal copy, so for dF/dr use :mod:`models.jacobian`.
     """
     if conservative:
         model.require_head(ENERGY_HEAD)
