@@ -10,6 +10,12 @@ within --connect-timeout, or i-PI vanishing mid-run (one-line message on stderr)
 2 for command-line usage errors; 143 after SIGTERM and 130 after SIGINT (a request in
 flight is answered first, then the socket is closed; i-PI waits for another driver).
 A timing summary goes to stderr on every exit after the model was loaded.
+
+MTS with one process (conservative outer level + direct inner level, one backbone pass
+for both at the outer step)::
+
+    ipi-nc driver --model water-m.pt --structure water64.xyz --mode conservative \
+        --unix --address nve-mts-cons --mts-direct-address nve-mts-direct
 """
 
 from __future__ import annotations
@@ -85,6 +91,16 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="keep retrying while i-PI is not up yet for this many seconds (default 60)",
     )
+    mts = parser.add_argument_group(
+        "MTS: serve the direct socket too (one process, one model, one backbone pass per outer step)"
+    )
+    mts.add_argument(
+        "--mts-direct-address",
+        metavar="NAME",
+        help="also serve i-PI's direct-force socket NAME (unix name with --unix, else host; inet default: "
+        "--address) from this process; needs --mode conservative and a model with both heads",
+    )
+    mts.add_argument("--mts-direct-port", type=int, metavar="N", help="TCP port of the direct socket (inet)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:K (default cpu)")
     parser.add_argument(
         "--dtype", choices=("float32", "float64"), help="default: float32 on cuda, float64 on cpu"
@@ -121,6 +137,21 @@ def _check_socket_args(parser: argparse.ArgumentParser, args: argparse.Namespace
         parser.error("--neighbor-skin must be >= 0 Angstrom")
 
 
+def _mts_usage_error(args: argparse.Namespace) -> str | None:
+    """One-line reason why the MTS options do not fit the others, or None."""
+    if args.mts_direct_address is None and args.mts_direct_port is None:
+        return None
+    if args.mode != "conservative":
+        return f"--mts-direct-address/--mts-direct-port need --mode conservative (got --mode {args.mode})"
+    if args.unix and args.mts_direct_port is not None:
+        return "--mts-direct-port is for inet sockets; drop it or drop --unix"
+    if args.unix and args.mts_direct_address is None:
+        return "with --unix, name the direct socket with --mts-direct-address NAME"
+    if not args.unix and args.mts_direct_port is None:
+        return "inet MTS needs --mts-direct-port N (the direct socket's TCP port)"
+    return None
+
+
 def _error(message: str) -> None:
     print(f"ipi-nc driver: error: {message}", file=sys.stderr)
 
@@ -130,6 +161,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     _check_socket_args(parser, args)
+    mts_error = _mts_usage_error(args)
+    if mts_error is not None:
+        _error(mts_error)
+        return EXIT_USAGE
+    if args.mts_direct_address is not None or args.mts_direct_port is not None:
+        return _main_shared(args)
 
     handler = _SignalHandler()
     previous = {}
@@ -204,6 +241,65 @@ def main(argv: list[str] | None = None) -> int:
             print(f"ipi-nc driver: {evaluator.timings.summary()}", file=sys.stderr)
         for signum, old_handler in previous.items():
             signal.signal(signum, old_handler)
+
+
+def _main_shared(args: argparse.Namespace) -> int:
+    """Serve the conservative socket and the MTS direct socket from one process."""
+    from ipi_driver.client import ProtocolError, ServerGone
+    from ipi_driver.evaluator import ForceError
+    from ipi_driver.setup import SetupError
+    from ipi_driver.shared_pass import build_shared_pass, serve_shared
+
+    shared = None
+    try:
+        try:
+            shared = build_shared_pass(
+                model_path=args.model,
+                structure_path=args.structure,
+                device=args.device,
+                dtype=args.dtype,
+                remove_net_force=args.remove_net_force,
+                extras_other_head=args.extras_other_head,
+                neighbor_skin_ang=args.neighbor_skin,
+            )
+        except SetupError as exc:
+            _error(str(exc))
+            return EXIT_ERROR
+        ev = shared.conservative_evaluator
+        print(
+            f"ipi-nc driver: conservative + direct (MTS, shared backbone pass) forces of '{args.model}' "
+            f"on {ev.device} ({str(ev.dtype).replace('torch.', '')})",
+            file=sys.stderr,
+        )
+        signum, failed = serve_shared(
+            shared,
+            unix=args.unix,
+            conservative_address=args.address,
+            conservative_port=args.port or 0,
+            direct_address=args.mts_direct_address or args.address,
+            direct_port=args.mts_direct_port or 0,
+            sockets_prefix=args.sockets_prefix,
+            connect_timeout_s=args.connect_timeout,
+        )
+        if failed:
+            label, exc = failed[0]
+            if isinstance(exc, ServerGone):
+                message = f"{exc} (i-PI killed or crashed?)"
+            elif isinstance(exc, (ConnectionError, ForceError, ProtocolError, ValueError)):
+                message = str(exc)
+            else:
+                message = f"{type(exc).__name__}: {exc}"
+            _error(f"{label} socket: {message}".splitlines()[0])
+            return EXIT_ERROR
+        if signum is not None:
+            name = signal.Signals(signum).name
+            print(f"ipi-nc driver: received {name}, closing the sockets and exiting", file=sys.stderr)
+            return EXIT_SIGNAL_BASE + signum
+        return EXIT_OK
+    finally:
+        if shared is not None:
+            for line in shared.summary().splitlines():
+                print(f"ipi-nc driver: {line}", file=sys.stderr)
 
 
 if __name__ == "__main__":

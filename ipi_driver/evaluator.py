@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -30,7 +31,7 @@ from ipi_driver.units import (
     HARTREE_BOHR_PER_EV_ANGSTROM,
     HARTREE_PER_EV,
 )
-from models.base import DIRECT_HEAD, ENERGY_HEAD, Batch, PotentialModel, evaluate
+from models.base import DIRECT_HEAD, ENERGY_HEAD, Batch, PotentialModel, Prediction, evaluate
 from models.neighbors import NeighborCache
 
 MODES = ("conservative", "direct", "correction")
@@ -138,18 +139,27 @@ class ForceEvaluator:
 
     def _predict(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict]:
         """energy (B,) eV, forces (B,N,3) eV/A, virial (B,3,3) eV, extra tensors."""
-        extra: dict[str, torch.Tensor] = {}
-        zeros_virial = torch.zeros(batch.n_structures, 3, 3, dtype=self.dtype, device=self.device)
         if self.mode == "conservative":
             want_direct = self.extras_other_head and DIRECT_HEAD in self.model.heads
             p = evaluate(self.model, batch, conservative=True, direct=want_direct)
-            if want_direct:
+        elif self.mode == "direct":
+            want_cons = self.extras_other_head and ENERGY_HEAD in self.model.heads
+            p = evaluate(self.model, batch, conservative=want_cons, direct=True)
+        else:
+            p = evaluate(self.model, batch, conservative=True, direct=True)
+        return self._outputs(p, batch)
+
+    def _outputs(self, p: Prediction, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict]:
+        """This mode's (energy eV, forces eV/A, virial eV, extra tensors) from a prediction
+        that holds at least the heads the mode (and extras_other_head) needs."""
+        extra: dict[str, torch.Tensor] = {}
+        zeros_virial = torch.zeros(batch.n_structures, 3, 3, dtype=self.dtype, device=self.device)
+        if self.mode == "conservative":
+            if self.extras_other_head and p.direct_forces is not None:
                 extra["direct_forces"] = p.direct_forces
             return p.energy, p.forces, p.virial, extra
         if self.mode == "direct":
-            want_cons = self.extras_other_head and ENERGY_HEAD in self.model.heads
-            p = evaluate(self.model, batch, conservative=want_cons, direct=True)
-            if want_cons:
+            if self.extras_other_head and p.forces is not None:
                 extra["conservative_forces"] = p.forces
             energy = p.energy if p.energy is not None else torch.zeros_like(zeros_virial[:, 0, 0])
             virial = p.direct_virial
@@ -163,7 +173,6 @@ class ForceEvaluator:
                     )
                     self._warned_virial = True
             return energy, p.direct_forces, virial, extra
-        p = evaluate(self.model, batch, conservative=True, direct=True)
         dv = p.direct_virial if p.direct_virial is not None else zeros_virial
         return torch.zeros_like(p.energy), p.forces - p.direct_forces, p.virial - dv, extra
 
@@ -188,27 +197,67 @@ class ForceEvaluator:
         t0 = time.perf_counter()
         batch = self._batch(cells_bohr, positions_bohr)
         t1 = time.perf_counter()
-        if self.neighbor_cache is not None:
-            with self.neighbor_cache.active():
-                energy, forces, virial, extra = self._predict(batch)
-        else:
-            energy, forces, virial, extra = self._predict(batch)
+        with self._neighbors():
+            outputs = self._predict(batch)
+        return self._finish(outputs, batch.n_structures, t0, t1)
+
+    def _neighbors(self):
+        return self.neighbor_cache.active() if self.neighbor_cache is not None else nullcontext()
+
+    def call_with_direct(
+        self, cells_bohr: list[np.ndarray], positions_bohr: list[np.ndarray], direct: "ForceEvaluator"
+    ) -> tuple[list | ForceError, list | ForceError]:
+        """Conservative replies AND the replies ``direct`` (a direct-mode evaluator on the SAME
+        model) would send for these positions, from one backbone pass. Either list is a
+        ForceError instead if its forces fail the checks, so that the error is raised where
+        those forces are asked for. The pass counts in this evaluator's timings."""
+        if self.mode != "conservative" or direct.mode != "direct" or direct.model is not self.model:
+            raise ValueError("call_with_direct needs a conservative evaluator and a direct one on the same model")
+        self.requests += 1
+        direct.requests += 1
+        t0 = time.perf_counter()
+        batch = self._batch(cells_bohr, positions_bohr)
+        t1 = time.perf_counter()
+        with self._neighbors():
+            p = evaluate(self.model, batch, conservative=True, direct=True)
+        n = batch.n_structures
+        # the direct side first: _finish of this side records the timings of the whole pass
+        try:
+            direct_results: list | ForceError = direct._finish(direct._outputs(p, batch), n, t0, t1, record=False)
+        except ForceError as exc:
+            direct_results = exc
+        try:
+            results: list | ForceError = self._finish(self._outputs(p, batch), n, t0, t1)
+        except ForceError as exc:
+            results = exc
+        return results, direct_results
+
+    def _finish(
+        self,
+        outputs: tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict],
+        n: int,
+        t0: float,
+        t1: float,
+        record: bool = True,
+    ) -> list[tuple[float, np.ndarray, np.ndarray, str]]:
+        """Net-force removal, host copy, checks, timings (if ``record``), unit conversion."""
+        energy, forces, virial, extra = outputs
         if self.remove_net_force and self.mode != "conservative":
             forces = forces - forces.mean(dim=1, keepdim=True)
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         t2 = time.perf_counter()
-        n = batch.n_structures
         # one device->host copy for everything
         packed = torch.cat([energy.reshape(n, 1), forces.reshape(n, -1), virial.reshape(n, 9)], dim=1)
         host = packed.detach().to("cpu", torch.float64).numpy()
         extra_host = {k: v.detach().to("cpu", torch.float64).numpy() for k, v in extra.items()}
         t3 = time.perf_counter()
         self._check(host[:, 1:-9])
-        self.timings.to_device.append(t1 - t0)
-        self.timings.model.append(t2 - t1)
-        self.timings.to_host.append(t3 - t2)
-        self.timings.structures += n
+        if record:
+            self.timings.to_device.append(t1 - t0)
+            self.timings.model.append(t2 - t1)
+            self.timings.to_host.append(t3 - t2)
+            self.timings.structures += n
 
         results = []
         has_energy = ENERGY_HEAD in self.model.heads and self.mode != "correction"

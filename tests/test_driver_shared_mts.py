@@ -1,0 +1,183 @@
+"""``ipi-nc driver --mts-direct-address``: one process serves both sockets of an MTS run.
+
+The law: a real i-PI MTS NVE run served by ONE driver (shared backbone pass) records the
+same forces and energies, step by step, as the same run (same seed) served by two
+separate drivers (``--mode conservative`` and ``--mode direct``).
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.ipi_helpers import (
+    IPI_NC,
+    kill_processes,
+    log_text,
+    read_properties,
+    start_driver,
+    start_ipi,
+    unique_socket_name,
+    wait_for_socket,
+    wait_process,
+    write_toy_model,
+    write_water_box,
+)
+
+OUTER_STEPS = 6
+
+
+def write_mts_input(path: Path, init_file: Path, cons: str, direct: str) -> Path:
+    """MTS NVE (nmts [1, 4]): ``cons`` socket at weights [1, 0], ``direct`` at [-1, 1];
+    full-precision outputs (floatformat %.16e) of both components' raw forces (Ha/Bohr)
+    and energies (Ha)."""
+    sockets = "".join(
+        f"""  <ffsocket name="{name}" mode="unix" pbc="false">
+    <address>{address}</address><latency>1e-4</latency><timeout>60</timeout>
+  </ffsocket>
+"""
+        for name, address in (("cons", cons), ("direct", direct))
+    )
+    path.write_text(
+        f"""<simulation verbosity="low" safe_stride="100000" threading="false" floatformat="%.16e">
+  <output prefix="sim">
+    <properties filename="out" stride="1" flush="1">[ step, conserved, potential, pot_component_raw(0), pot_component_raw(1) ]</properties>
+    <trajectory filename="fcons" stride="1" format="xyz" flush="1">forces_component_raw(0)</trajectory>
+    <trajectory filename="fdirect" stride="1" format="xyz" flush="1">forces_component_raw(1)</trajectory>
+    <checkpoint stride="100000"/>
+  </output>
+  <total_steps>{OUTER_STEPS}</total_steps>
+  <prng><seed>4242</seed></prng>
+{sockets}  <system>
+    <initialize nbeads="1">
+      <file mode="xyz">{init_file}</file>
+      <velocities mode="thermal" units="kelvin">300</velocities>
+    </initialize>
+    <forces>
+      <force forcefield="cons"><mts_weights>[1, 0]</mts_weights></force>
+      <force forcefield="direct"><mts_weights>[-1, 1]</mts_weights></force>
+    </forces>
+    <motion mode="dynamics">
+      <fixcom>true</fixcom>
+      <dynamics mode="nve"><timestep units="femtosecond">1.0</timestep><nmts>[1, 4]</nmts></dynamics>
+    </motion>
+    <ensemble><temperature units="kelvin">300</temperature></ensemble>
+  </system>
+</simulation>
+"""
+    )
+    return path
+
+
+def read_xyz_arrays(path: Path) -> np.ndarray:
+    """(frames, N, 3) numbers of an i-PI xyz trajectory."""
+    lines = path.read_text().splitlines()
+    frames, i = [], 0
+    while i < len(lines):
+        n = int(lines[i])
+        frames.append([[float(x) for x in ln.split()[1:4]] for ln in lines[i + 2 : i + 2 + n]])
+        i += n + 2
+    return np.array(frames)
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    d = tmp_path_factory.mktemp("shared-mts")
+    return write_water_box(d / "init.xyz", n_side=2), write_toy_model(d / "toy.pt")
+
+
+def run_mts(workdir: Path, box: Path, model: Path, shared: bool) -> tuple[dict, np.ndarray, np.ndarray, list[str]]:
+    """One MTS run; returns (properties, cons raw forces, direct raw forces, driver logs)."""
+    workdir.mkdir()
+    cons, direct = unique_socket_name("cons"), unique_socket_name("direct")
+    xml = write_mts_input(workdir / "input.xml", box, cons, direct)
+    common = ["--model", model, "--structure", box, "--unix", "--connect-timeout", "60"]
+    procs = []
+    try:
+        ipi = start_ipi(xml, workdir)
+        procs.append(ipi)
+        wait_for_socket(cons, ipi)
+        wait_for_socket(direct, ipi)
+        if shared:
+            cmd = [*common, "--mode", "conservative", "--address", cons, "--mts-direct-address", direct]
+            procs.append(start_driver(cmd, workdir, "driver.log"))
+        else:
+            procs.append(start_driver([*common, "--mode", "conservative", "--address", cons], workdir, "cons.log"))
+            procs.append(start_driver([*common, "--mode", "direct", "--address", direct], workdir, "direct.log"))
+        assert wait_process(ipi, 60) == 0, log_text(ipi)[-2000:]
+        for p in procs[1:]:
+            assert wait_process(p, 30) == 0, log_text(p)[-2000:]
+        logs = [log_text(p) for p in procs[1:]]
+    finally:
+        kill_processes(*procs, sockets=(cons, direct))
+    props, _ = read_properties(workdir / "sim.out")
+    return props, read_xyz_arrays(workdir / "sim.fcons.xyz"), read_xyz_arrays(workdir / "sim.fdirect.xyz"), logs
+
+
+def test_one_driver_for_both_mts_sockets_matches_two_drivers(files, tmp_path):
+    box, model = files
+    props_s, fcons_s, fdirect_s, (log,) = run_mts(tmp_path / "shared", box, model, shared=True)
+    props_2, fcons_2, fdirect_2, _ = run_mts(tmp_path / "separate", box, model, shared=False)
+
+    assert len(props_s["step"]) == len(props_2["step"]) == OUTER_STEPS + 1
+    assert fcons_s.shape == fcons_2.shape == (OUTER_STEPS + 1, 24, 3)
+    # The direct head from the shared (autograd, strained-cell) pass and from the
+    # inference-only pass differ at most by float64 round-off (1e-16 relative), which the
+    # chaotic NVE amplifies by far less than 1e6 over 4 outer steps (16 inner ones).
+    # Outputs carry 17 significant digits, so 1e-10 relative is a tight yet safe bound.
+    for key in ("conserved", "potential", "pot_component_raw(0)", "pot_component_raw(1)"):
+        np.testing.assert_allclose(props_s[key], props_2[key], rtol=1e-10, atol=0, err_msg=key)
+    scale = np.abs(fcons_2).max()  # Ha/Bohr; components near zero are compared against it
+    np.testing.assert_allclose(fcons_s, fcons_2, rtol=1e-10, atol=1e-10 * scale)
+    np.testing.assert_allclose(fdirect_s, fdirect_2, rtol=1e-10, atol=1e-10 * scale)
+
+    # every outer step (and the initial force call) found the direct forces in the shared pass
+    match = re.search(r"direct socket: (\d+) requests, (\d+) served from the shared pass", log)
+    assert match, log
+    requests, shared = int(match.group(1)), int(match.group(2))
+    assert shared >= OUTER_STEPS and requests > shared, log
+    assert "both-heads passes:" in log
+
+
+def _driver_error(args: list) -> subprocess.CompletedProcess:
+    return subprocess.run([IPI_NC, "driver", *map(str, args)], capture_output=True, text=True, timeout=60)
+
+
+def test_option_needs_conservative_mode(files):
+    box, model = files
+    res = _driver_error(
+        ["--model", model, "--structure", box, "--mode", "direct", "--unix", "--address", "a", "--mts-direct-address", "b"]
+    )
+    assert res.returncode == 2
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and "--mode conservative" in lines[0], res.stderr
+
+
+def test_option_needs_a_model_with_both_heads(tmp_path, files):
+    box, _ = files
+    energy_only = write_toy_model(tmp_path / "energy-only.pt", heads=("energy",))
+    res = _driver_error(
+        ["--model", energy_only, "--structure", box, "--mode", "conservative", "--unix", "--address", "a",
+         "--mts-direct-address", "b", "--connect-timeout", "0"]
+    )
+    assert res.returncode == 1
+    errors = [ln for ln in res.stderr.splitlines() if "error" in ln]
+    assert len(errors) == 1 and "both heads" in errors[0] and "direct" in errors[0], res.stderr
+
+
+def test_runner_serves_an_mts_input_with_one_shared_driver(files, tmp_path, capsys):
+    from ipi_driver import runner
+
+    box, model = files
+    cons, direct = unique_socket_name("rc"), unique_socket_name("rd")
+    xml = write_mts_input(tmp_path / "mts.xml", box, cons, direct)
+    work = tmp_path / "run"
+    code = runner.main([str(xml), "--model", str(model), "--workdir", str(work), "--quiet", "--shared-mts-driver"])
+    assert code == 0, capsys.readouterr().err
+    logs = sorted(p.name for p in work.glob("driver-*.log"))
+    assert logs == ["driver-cons+direct-0.log"]
+    assert re.search(r"direct socket: \d+ requests, [1-9]\d* served from the shared pass", (work / logs[0]).read_text())
