@@ -28,7 +28,7 @@ from tests.ipi_helpers import (
     write_water_box,
 )
 
-OUTER_STEPS = 6
+OUTER_STEPS = 8
 
 
 def write_mts_input(path: Path, init_file: Path, cons: str, direct: str) -> Path:
@@ -127,7 +127,7 @@ def test_one_driver_for_both_mts_sockets_matches_two_drivers(files, tmp_path):
     assert fcons_s.shape == fcons_2.shape == (OUTER_STEPS + 1, 24, 3)
     # The direct head from the shared (autograd, strained-cell) pass and from the
     # inference-only pass differ at most by float64 round-off (1e-16 relative), which the
-    # chaotic NVE amplifies by far less than 1e6 over 4 outer steps (16 inner ones).
+    # chaotic NVE amplifies by far less than 1e6 over 8 outer steps (32 inner ones).
     # Outputs carry 17 significant digits, so 1e-10 relative is a tight yet safe bound.
     for key in ("conserved", "potential", "pot_component_raw(0)", "pot_component_raw(1)"):
         np.testing.assert_allclose(props_s[key], props_2[key], rtol=1e-10, atol=0, err_msg=key)
@@ -135,11 +135,14 @@ def test_one_driver_for_both_mts_sockets_matches_two_drivers(files, tmp_path):
     np.testing.assert_allclose(fcons_s, fcons_2, rtol=1e-10, atol=1e-10 * scale)
     np.testing.assert_allclose(fdirect_s, fdirect_2, rtol=1e-10, atol=1e-10 * scale)
 
-    # every outer step (and the initial force call) found the direct forces in the shared pass
+    # OUTER_STEPS + 1 position sets are asked of both sockets. The driver needs up to two
+    # outer steps to learn the period (i-PI asks the direct socket first there), and the
+    # initial call is shared only if the conservative request wins the race; the rest of
+    # the outer steps must be served from the shared pass.
     match = re.search(r"direct socket: (\d+) requests, (\d+) served from the shared pass", log)
     assert match, log
     requests, shared = int(match.group(1)), int(match.group(2))
-    assert shared >= OUTER_STEPS and requests > shared, log
+    assert shared >= OUTER_STEPS - 2 and requests > shared, log
     assert "both-heads passes:" in log
 
 
