@@ -21,6 +21,8 @@ from typing import Callable
 import numpy as np
 import torch
 
+from models.structure_io import write_ipi_xyz
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 WATER64 = REPO_ROOT / "inputs" / "water64.xyz"
 SHIPPED_M_MODEL = REPO_ROOT / "models" / "data" / "water-m.pt"
@@ -159,23 +161,6 @@ def water_system(n_atoms: int):
     atoms, _ = base_water()
     r = REPLICAS_FOR_SIZE[n_atoms]
     return atoms.repeat((r, r, r))
-
-
-def write_ipi_xyz(atoms, path: Path) -> Path:
-    """Write ``atoms`` in i-PI's xyz format (cell a b c alpha beta gamma in the comment,
-    Angstrom and degrees); ASE reads the same file for the species."""
-    a, b, c, alpha, beta, gamma = atoms.cell.cellpar()
-    lines = [
-        str(len(atoms)),
-        f"# CELL(abcABC): {a:.8f} {b:.8f} {c:.8f} {alpha:.5f} {beta:.5f} {gamma:.5f} "
-        "positions{angstrom} cell{angstrom}",
-    ]
-    for symbol, (x, y, z) in zip(atoms.get_chemical_symbols(), atoms.positions):
-        lines.append(f"{symbol:2s} {x:16.8f} {y:16.8f} {z:16.8f}")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(lines) + "\n")
-    return path
 
 
 def structure_file(n_atoms: int, work: Path) -> Path:

@@ -29,6 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
+from models.structure_io import write_ipi_xyz
+
 BIN = Path(sys.executable).parent
 IPI = str(BIN / "i-pi")
 IPI_NC = str(BIN / "ipi-nc")
@@ -69,21 +71,6 @@ def water_box(n_side: int = 2, density_g_cm3: float = 1.0, seed: int = 0):
                 symbols.extend("OHH")
                 k += 1
     return ase.Atoms(symbols, positions=positions, cell=[length_ang] * 3, pbc=True)
-
-
-def write_ipi_xyz(atoms, path: str | Path) -> Path:
-    """Write ``atoms`` as an i-PI xyz file (units in the comment line), readable by ASE too."""
-    path = Path(path)
-    a, b, c, alpha, beta, gamma = atoms.cell.cellpar()
-    lines = [
-        str(len(atoms)),
-        f"# CELL(abcABC): {a:.8f} {b:.8f} {c:.8f} {alpha:.5f} {beta:.5f} {gamma:.5f} "
-        "Step: 0 Bead: 0 positions{angstrom} cell{angstrom}",
-    ]
-    for symbol, (x, y, z) in zip(atoms.get_chemical_symbols(), atoms.positions):
-        lines.append(f"{symbol:2s} {x:16.10f} {y:16.10f} {z:16.10f}")
-    path.write_text("\n".join(lines) + "\n")
-    return path
 
 
 def write_water_box(path: str | Path, n_side: int = 2, seed: int = 0) -> Path:

@@ -14,7 +14,8 @@ from models.base import Batch, evaluate
 from models.io import save_model
 from models.pair_toy import PairToyModel
 from models.qtip4pf import QTIP4PF
-from models.reference_data import read_structure, set_temperature
+from models.reference_data import set_temperature
+from models.structure_io import read_structure
 
 WATER16 = Path(__file__).resolve().parents[1] / "inputs" / "water16.xyz"
 

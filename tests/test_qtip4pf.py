@@ -12,7 +12,8 @@ import torch
 from models.base import Batch, evaluate
 from models.io import load_model, save_model
 from models.qtip4pf import QTIP4PF, R_EQ_ANG, THETA_EQ_DEG, check_water_order
-from models.reference_data import read_structure, water_monomer_ang
+from models.reference_data import water_monomer_ang
+from models.structure_io import read_structure
 
 ROOT = Path(__file__).resolve().parents[1]
 WATER16 = ROOT / "inputs" / "water16.xyz"

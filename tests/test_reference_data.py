@@ -10,7 +10,8 @@ import pytest
 
 from models.base import Batch, evaluate
 from models.qtip4pf import QTIP4PF
-from models.reference_data import box_length_ang, main, plan_segments, read_structure
+from models.reference_data import box_length_ang, main, plan_segments
+from models.structure_io import read_structure
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import ase
 import numpy as np
+
+from models.structure_io import write_ipi_xyz
 
 
 def write_water_box(path: Path, n_side: int = 2, spacing_ang: float = 3.1, seed: int = 0) -> Path:
@@ -21,10 +24,7 @@ def write_water_box(path: Path, n_side: int = 2, spacing_ang: float = 3.1, seed:
                 positions += list(centre + mol @ q.T)
                 symbols += ["O", "H", "H"]
     box = spacing_ang * n_side
-    lines = [str(len(symbols)), f"# CELL(abcABC): {box:.5f} {box:.5f} {box:.5f} 90.00000 90.00000 90.00000 positions{{angstrom}} cell{{angstrom}}"]
-    lines += [f"{s:2s} {x:14.8f} {y:14.8f} {z:14.8f}" for s, (x, y, z) in zip(symbols, positions)]
-    path.write_text("\n".join(lines) + "\n")
-    return path
+    return write_ipi_xyz(ase.Atoms(symbols, positions=positions, cell=[box] * 3, pbc=True), path)
 
 
 def write_toy_model(path: Path) -> Path:
