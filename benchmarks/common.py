@@ -21,7 +21,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from models.structure_io import write_ipi_xyz
+from models.structure_io import read_structure, write_ipi_xyz
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 WATER64 = REPO_ROOT / "inputs" / "water64.xyz"
@@ -111,47 +111,9 @@ def ratio_stats(numerator_s: list[float], denominator_s: list[float]) -> dict:
 # --------------------------------------------------------------------------- systems
 
 
-def _ase_water_box(n_molecules_per_side: int = 4, density_g_cm3: float = 0.997, seed: int = 7):
-    """Fallback 64-molecule water box (randomly oriented molecules on a cubic grid)."""
-    from ase import Atoms
-    from ase.build import molecule
-
-    rng = np.random.default_rng(seed)
-    n = n_molecules_per_side**3
-    mass_g = n * 18.015 / 6.02214076e23
-    side_ang = (mass_g / density_g_cm3) ** (1 / 3) * 1e8
-    spacing = side_ang / n_molecules_per_side
-    water = molecule("H2O")
-    symbols, positions = [], []
-    for ix in range(n_molecules_per_side):
-        for iy in range(n_molecules_per_side):
-            for iz in range(n_molecules_per_side):
-                m = water.copy()
-                m.rotate(rng.uniform(0, 360), rng.normal(size=3) + 1e-3, center="COM")
-                m.translate((np.array([ix, iy, iz]) + 0.5) * spacing - m.get_center_of_mass())
-                symbols += list(m.get_chemical_symbols())
-                positions += list(m.positions)
-    return Atoms(symbols=symbols, positions=positions, cell=[side_ang] * 3, pbc=True)
-
-
 def base_water():
-    """The 192-atom box as ``ase.Atoms`` (A): inputs/water64.xyz if present, else a built one.
-
-    Returns (atoms, source description)."""
-    from ase import Atoms
-
-    if WATER64.is_file():
-        from ipi.utils.io import read_file
-        from ipi_driver.units import ANGSTROM_PER_BOHR
-
-        with open(WATER64) as handle:
-            frame = read_file("xyz", handle)
-        atoms = frame["atoms"]
-        names = [str(n) for n in atoms.names]
-        positions = np.asarray(atoms.q).reshape(-1, 3) * ANGSTROM_PER_BOHR
-        cell = np.asarray(frame["cell"].h).T * ANGSTROM_PER_BOHR  # i-PI columns -> ASE rows
-        return Atoms(symbols=names, positions=positions, cell=cell, pbc=True), str(WATER64.relative_to(REPO_ROOT))
-    return _ase_water_box(), "ASE-built 64-molecule box (inputs/water64.xyz absent)"
+    """The shipped 192-atom box inputs/water64.xyz as ``ase.Atoms`` (A), with its source."""
+    return read_structure(WATER64), str(WATER64.relative_to(REPO_ROOT))
 
 
 def water_system(n_atoms: int):
