@@ -2,7 +2,7 @@
 
 RUN is an i-PI output prefix (``runs/nve/simulation``) or a directory with the outputs
 of one run (``runs/nve/``): ``<prefix>.out`` for properties, ``<prefix>.<traj>_<bead>.xyz``
-for trajectories (see :mod:`analysis.readers`). Every analysis writes
+for trajectories (see :mod:`ipi_ncforces.analysis.readers`). Every analysis writes
 ``<out>/<what>.json``, ``<out>/<what>.md`` and PNG plots, and prints the Markdown table.
 """
 
@@ -13,7 +13,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from analysis.readers import AnalysisInputError, AnalysisWarning, find_run
+from ipi_ncforces.analysis.readers import AnalysisInputError, AnalysisWarning, find_run
 
 WHAT = {
     "drift": "conserved-energy drift (meV/atom/ps) and heating rate (K/ps), with running-window slopes",
@@ -109,40 +109,40 @@ def run(args: argparse.Namespace) -> dict:
     out = Path(args.out)
     what = args.what
     if what == "geop":
-        from analysis import geop
+        from ipi_ncforces.analysis import geop
 
         return geop.analyze_outputs(args.runs, out, args.fmax, args.max_steps)
     if what == "geop-study":
-        from analysis import geop
+        from ipi_ncforces.analysis import geop
 
         return geop.analyze_study(args.model, args.structure, out, args.starts, args.sigma,
                                   [s.strip() for s in args.optimizers.split(",") if s.strip()],
                                   [s.strip() for s in args.forces.split(",") if s.strip()],
                                   args.fmax, args.max_steps, args.seed)
     if what == "jacobian":
-        from analysis import jacobian
+        from ipi_ncforces.analysis import jacobian
 
         return jacobian.analyze(args.model, args.structure, out, args.max_frames, args.bins)
     runs = [find_run(r) for r in args.runs]
     if what == "drift":
-        from analysis import drift
+        from ipi_ncforces.analysis import drift
 
         return drift.analyze(runs, out, args.natoms, args.skip_ps, args.windows)
     if what == "temperatures":
-        from analysis import temperatures
+        from ipi_ncforces.analysis import temperatures
 
         return temperatures.analyze(runs, out, args.target, args.skip_ps, args.source, args.timestep_fs)
     if what == "spectrum":
-        from analysis import spectrum
+        from ipi_ncforces.analysis import spectrum
 
         return spectrum.analyze(runs, out, args.max_lag_ps, args.timestep_fs, args.max_cm1)
     if what == "diffusion":
-        from analysis import diffusion
+        from ipi_ncforces.analysis import diffusion
 
         return diffusion.analyze(runs, out, args.species, tuple(args.fit_range), args.blocks, not args.keep_com,
                                  args.timestep_fs, args.skip_ps, args.temperature_k, args.viscosity_mpas)
     if what == "rdf":
-        from analysis import rdf
+        from ipi_ncforces.analysis import rdf
 
         pairs = []
         for item in args.pairs.split(","):
@@ -152,7 +152,7 @@ def run(args: argparse.Namespace) -> dict:
             pairs.append((parts[0], parts[1]))
         return rdf.analyze(runs, out, pairs, args.r_max, args.bins, args.stride)
     if what == "compare":
-        from analysis import compare
+        from ipi_ncforces.analysis import compare
 
         return compare.analyze(runs, out, args.target, args.skip_ps, args.natoms, args.timestep_fs)
     raise AssertionError(what)

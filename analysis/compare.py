@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from analysis import diffusion, drift, temperatures
-from analysis.readers import AnalysisInputError, RunFiles
-from analysis.report import fmt, markdown_table, write_report
+from ipi_ncforces.analysis import diffusion, drift, temperatures
+from ipi_ncforces.analysis.readers import AnalysisInputError, RunFiles
+from ipi_ncforces.analysis.report import fmt, markdown_table, write_report
 
 
 def analyze(runs: list[RunFiles], out: Path, target_k: float | None = None, skip_ps: float = 0.0,

@@ -23,9 +23,9 @@ from pathlib import Path
 import numpy as np
 from ase.units import _k as BOLTZMANN_J_PER_K
 
-from analysis import plotting
-from analysis.readers import AnalysisInputError, RunFiles, timestep_ps
-from analysis.report import fmt, markdown_table, write_report
+from ipi_ncforces.analysis import plotting
+from ipi_ncforces.analysis.readers import AnalysisInputError, RunFiles, timestep_ps
+from ipi_ncforces.analysis.report import fmt, markdown_table, write_report
 
 YEH_HUMMER_XI = 2.837297
 # 1 A^2/ps = 1e-16 cm^2 / 1e-12 s = 1e-4 cm^2/s = 10 x (1e-5 cm^2/s)

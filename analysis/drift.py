@@ -3,7 +3,7 @@
 Drift = least-squares slope of i-PI's ``conserved`` column per atom (meV/atom/ps);
 heating rate = slope of ``temperature`` (K/ps). Slope errors account for the
 autocorrelation of the residuals (standard error of the OLS slope times sqrt(g), g the
-statistical inefficiency of the residuals, :func:`analysis.stats.linear_fit`).
+statistical inefficiency of the residuals, :func:`ipi_ncforces.analysis.stats.linear_fit`).
 Running-window slopes (n windows) tell a steady drift (same sign everywhere) from noise.
 """
 
@@ -13,10 +13,10 @@ from pathlib import Path
 
 import numpy as np
 
-from analysis import plotting
-from analysis.readers import AnalysisInputError, RunFiles, read_properties, read_traj, warn
-from analysis.report import fmt, markdown_table, write_report
-from analysis.stats import linear_fit, running_slopes
+from ipi_ncforces.analysis import plotting
+from ipi_ncforces.analysis.readers import AnalysisInputError, RunFiles, read_properties, read_traj, warn
+from ipi_ncforces.analysis.report import fmt, markdown_table, write_report
+from ipi_ncforces.analysis.stats import linear_fit, running_slopes
 
 
 def count_atoms(run: RunFiles) -> int:

@@ -22,9 +22,9 @@ from typing import Callable
 
 import numpy as np
 
-from analysis import plotting
-from analysis.readers import AnalysisInputError, RunFiles, read_traj
-from analysis.report import markdown_table, write_report
+from ipi_ncforces.analysis import plotting
+from ipi_ncforces.analysis.readers import AnalysisInputError, RunFiles, read_traj
+from ipi_ncforces.analysis.report import markdown_table, write_report
 
 _ASE_LOG = re.compile(r"^\s*(\w+):\s+(\d+)\s+[\d:]+\s+(-?[\d.eE+-]+)\**\s+([\d.eE+-]+)")
 
@@ -150,7 +150,7 @@ def study_table(study: dict) -> str:
 
 def analyze_outputs(runs: list[str], out: Path, fmax_ev_a: float, max_steps: int) -> dict:
     """geop report for i-PI geop runs and/or ASE optimizer logs; writes geop.json/.md/.png."""
-    from analysis.readers import find_run
+    from ipi_ncforces.analysis.readers import find_run
 
     results, traces, warnings = [], {}, []
     for item in runs:
@@ -180,14 +180,14 @@ def analyze_outputs(runs: list[str], out: Path, fmax_ev_a: float, max_steps: int
 def analyze_study(model_path: str, structure: str, out: Path, n_starts: int, sigma_a: float,
                   optimizers: list[str], force_modes: list[str], fmax_ev_a: float, max_steps: int,
                   seed: int) -> dict:
-    """geop-study with a model file through ``models.ase_calculator.ModelCalculator``."""
+    """geop-study with a model file through ``ipi_ncforces.models.ase_calculator.ModelCalculator``."""
     import ase.io
 
     try:
-        from models.ase_calculator import ModelCalculator
-        from models.io import ModelFileError
+        from ipi_ncforces.models.ase_calculator import ModelCalculator
+        from ipi_ncforces.models.io import ModelFileError
     except ImportError as exc:
-        raise AnalysisInputError(f"geop-study needs models.ase_calculator.ModelCalculator ({exc})") from None
+        raise AnalysisInputError(f"geop-study needs ipi_ncforces.models.ase_calculator.ModelCalculator ({exc})") from None
     try:
         atoms = ase.io.read(structure)
     except Exception as exc:

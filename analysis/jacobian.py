@@ -1,6 +1,6 @@
 """How non-conservative is a model on given structures (``ipi-nc analyze jacobian``).
 
-Built on :mod:`models.jacobian`: for every force head the model has ("conservative" =
+Built on :mod:`ipi_ncforces.models.jacobian`: for every force head the model has ("conservative" =
 -dE/dr, "direct"), on each structure:
 - lambda = ||J_anti||_F / ||J||_F of the force Jacobian J = dF/dr (0 conservative, 1 purely
   rotational; paper: PET-NC 0.004 on water);
@@ -18,17 +18,17 @@ from pathlib import Path
 
 import numpy as np
 
-from analysis import plotting
-from analysis.readers import AnalysisInputError
-from analysis.report import markdown_table, write_report
+from ipi_ncforces.analysis import plotting
+from ipi_ncforces.analysis.readers import AnalysisInputError
+from ipi_ncforces.analysis.report import markdown_table, write_report
 
 
 def jacobian_of(model, atoms, bin_width_a: float = 0.5, loop_amplitude_a: float = 0.1) -> dict:
     """lambda, binned lambda_ij(r) and closed-path works (meV) of every force head of ``model`` on ``atoms``."""
     import torch
 
-    from models import jacobian as mj
-    from models.base import DIRECT_HEAD, ENERGY_HEAD, Batch
+    from ipi_ncforces.models import jacobian as mj
+    from ipi_ncforces.models.base import DIRECT_HEAD, ENERGY_HEAD, Batch
 
     batch = Batch.from_ase([atoms], dtype=torch.float64)
     heads = [h for h, need in (("conservative", ENERGY_HEAD), ("direct", DIRECT_HEAD)) if need in model.heads]
@@ -75,7 +75,7 @@ def analyze(model_path: str, structures: list[str], out: Path, max_frames: int =
     import ase.io
     import torch
 
-    from models.io import ModelFileError, load_model
+    from ipi_ncforces.models.io import ModelFileError, load_model
 
     try:
         model = load_model(model_path, dtype=torch.float64)

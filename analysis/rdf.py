@@ -13,9 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
-from analysis import plotting
-from analysis.readers import AnalysisInputError, RunFiles
-from analysis.report import markdown_table, write_report
+from ipi_ncforces.analysis import plotting
+from ipi_ncforces.analysis.readers import AnalysisInputError, RunFiles
+from ipi_ncforces.analysis.report import markdown_table, write_report
 
 
 def max_radius(cell: np.ndarray) -> float:

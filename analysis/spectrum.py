@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 from ipi.utils.units import unit_to_internal, unit_to_user
 
-from analysis import plotting
-from analysis.readers import AnalysisInputError, RunFiles, species_masks, timestep_ps
-from analysis.report import markdown_table, write_report
+from ipi_ncforces.analysis import plotting
+from ipi_ncforces.analysis.readers import AnalysisInputError, RunFiles, species_masks, timestep_ps
+from ipi_ncforces.analysis.report import markdown_table, write_report
 
 CM1_PER_THZ: float = float(unit_to_user("frequency", "inversecm", unit_to_internal("frequency", "thz", 1.0)))
 

@@ -23,11 +23,11 @@ import numpy as np
 from ipi.utils.nmtransform import mk_nm_matrix
 from ipi.utils.units import Constants, unit_to_internal, unit_to_user
 
-from analysis import plotting
-from analysis.readers import (AnalysisInputError, RunFiles, Trajectory, read_properties, read_traj,
+from ipi_ncforces.analysis import plotting
+from ipi_ncforces.analysis.readers import (AnalysisInputError, RunFiles, Trajectory, read_properties, read_traj,
                               species_masks, timestep_ps, warn)
-from analysis.report import fmt, markdown_table, write_report
-from analysis.stats import block_average
+from ipi_ncforces.analysis.report import fmt, markdown_table, write_report
+from ipi_ncforces.analysis.stats import block_average
 
 # T (K) = m v^2 * this / n_dof for m in amu and v in A/ps (i-PI internal units have k_B = Constants.kb)
 KELVIN_PER_AMU_A2_PS2: float = float(unit_to_user(

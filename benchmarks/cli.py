@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.common import SIZES_ATOMS, BenchConfig, base_water, machine_info, resolve_model, write_json
+from ipi_ncforces.benchmarks.common import SIZES_ATOMS, BenchConfig, base_water, machine_info, resolve_model, write_json
 
 BENCHMARKS = ("cost", "scaling", "md", "overhead", "pimd")
 
@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"[bench] model: {model_info['source']} ({model_path}); device {cfg.device}, {cfg.dtype}; "
           f"structure: {structure_source}", flush=True)
 
-    from benchmarks import cost, md, overhead, pimd, scaling
+    from ipi_ncforces.benchmarks import cost, md, overhead, pimd, scaling
 
     results: dict = {
         "command": "ipi-nc bench " + " ".join(argv if argv is not None else sys.argv[1:]),

@@ -21,7 +21,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from models.structure_io import read_structure, write_ipi_xyz
+from ipi_ncforces.models.structure_io import read_structure, write_ipi_xyz
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 WATER64 = REPO_ROOT / "inputs" / "water64.xyz"
@@ -33,7 +33,7 @@ REPLICAS_FOR_SIZE = {192: 1, 1536: 2, 12288: 4}
 
 @dataclass
 class BenchConfig:
-    """Options shared by every benchmark (see ``benchmarks.cli``)."""
+    """Options shared by every benchmark (see ``ipi_ncforces.benchmarks.cli``)."""
 
     out: Path
     device: str = "cpu"
@@ -142,7 +142,7 @@ def resolve_model(model_arg: str | None, work: Path) -> tuple[Path, dict]:
     Order: ``--model`` if given; the shipped M model; an untrained DualHeadPotential (same
     architecture, so the same cost); the analytic PairToyModel (cost NOT representative).
     """
-    from models.io import load_model, save_model
+    from ipi_ncforces.models.io import load_model, save_model
 
     if model_arg:
         path = Path(model_arg)
@@ -155,13 +155,13 @@ def resolve_model(model_arg: str | None, work: Path) -> tuple[Path, dict]:
     else:
         work.mkdir(parents=True, exist_ok=True)
         try:
-            from models.dualhead import DualHeadPotential
+            from ipi_ncforces.models.dualhead import DualHeadPotential
 
             model = DualHeadPotential()
             source = "untrained DualHeadPotential (models/data/water-m.pt absent; same cost as trained)"
             path = work / "bench-dualhead.pt"
         except ImportError:
-            from models.pair_toy import PairToyModel
+            from ipi_ncforces.models.pair_toy import PairToyModel
 
             model = PairToyModel()
             source = "PairToyModel (no M model available; cost not representative of an ML model)"

@@ -1,9 +1,9 @@
 """Cost of conservation per evaluation: F = t(conservative) / t(direct).
 
-Both modes run through :class:`ipi_driver.evaluator.ForceEvaluator` (what the driver
+Both modes run through :class:`ipi_ncforces.ipi_driver.evaluator.ForceEvaluator` (what the driver
 and ``<ffdirect>`` run per i-PI request: Bohr in, unit conversion, copies, model,
-checks, Hartree out) and as a bare :func:`models.base.evaluate` on a batch already on
-the device; the neighbour list (``models.neighbors.build_edges``) is timed alone.
+checks, Hartree out) and as a bare :func:`ipi_ncforces.models.base.evaluate` on a batch already on
+the device; the neighbour list (``ipi_ncforces.models.neighbors.build_edges``) is timed alone.
 All five are interleaved in one loop per size. Paper: F = 2-3 (PET 2.3).
 """
 
@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from benchmarks.common import (
+from ipi_ncforces.benchmarks.common import (
     BenchConfig,
     interleaved,
     markdown_table,
@@ -20,11 +20,11 @@ from benchmarks.common import (
     stats_ms,
     water_system,
 )
-from ipi_driver.evaluator import ForceEvaluator
-from ipi_driver.units import BOHR_PER_ANGSTROM
-from models.base import Batch, evaluate
-from models.io import load_model
-from models.neighbors import build_edges
+from ipi_ncforces.ipi_driver.evaluator import ForceEvaluator
+from ipi_ncforces.ipi_driver.units import BOHR_PER_ANGSTROM
+from ipi_ncforces.models.base import Batch, evaluate
+from ipi_ncforces.models.io import load_model
+from ipi_ncforces.models.neighbors import build_edges
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 

@@ -22,7 +22,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from benchmarks.common import REPO_ROOT
+from ipi_ncforces.benchmarks.common import REPO_ROOT
 
 STEP_RE = re.compile(r"Average timings at MD step\s+(\d+)\. t/step:\s+([0-9.eE+-]+)")
 PES_PATH = REPO_ROOT / "ipi_driver" / "pes.py"

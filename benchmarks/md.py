@@ -20,8 +20,8 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.common import BenchConfig, markdown_table, structure_file
-from benchmarks.ipi_run import ForceField, MDSpec, Provider, checked, run_md
+from ipi_ncforces.benchmarks.common import BenchConfig, markdown_table, structure_file
+from ipi_ncforces.benchmarks.ipi_run import ForceField, MDSpec, Provider, checked, run_md
 
 DT_FS = 0.5
 MTS_FACTORS = (2, 4, 8, 16)

@@ -1,7 +1,7 @@
 """Overhead of serving the model to i-PI: socket + i-PI vs in-process ffdirect vs bare model.
 
 Direct forces at 192 atoms (the cheapest model call, so overhead shows most):
-* bare: ``models.base.evaluate`` on a batch already on the device;
+* bare: ``ipi_ncforces.models.base.evaluate`` on a batch already on the device;
 * evaluator: ``ForceEvaluator`` (Bohr -> A, host->device, model, checks, device->host, Ha);
 * ffdirect: one i-PI NVE step with ``<ffdirect>`` running ``ipi_driver/pes.py`` in i-PI;
 * socket: one i-PI NVE step with ``<ffsocket mode="unix">`` + an ``ipi-nc driver`` process.
@@ -17,12 +17,12 @@ from pathlib import Path
 
 import torch
 
-from benchmarks import cost
-from benchmarks.common import BenchConfig, interleaved, markdown_table, structure_file, water_system
-from benchmarks.ipi_run import ForceField, MDSpec, Provider, checked, run_md
-from benchmarks.md import WARMUP_STEPS, driver_median_ms
-from ipi_driver.evaluator import ForceEvaluator
-from models.base import Batch, evaluate
+from ipi_ncforces.benchmarks import cost
+from ipi_ncforces.benchmarks.common import BenchConfig, interleaved, markdown_table, structure_file, water_system
+from ipi_ncforces.benchmarks.ipi_run import ForceField, MDSpec, Provider, checked, run_md
+from ipi_ncforces.benchmarks.md import WARMUP_STEPS, driver_median_ms
+from ipi_ncforces.ipi_driver.evaluator import ForceEvaluator
+from ipi_ncforces.models.base import Batch, evaluate
 
 N_ATOMS = 192
 

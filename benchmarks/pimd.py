@@ -16,10 +16,10 @@ from pathlib import Path
 
 import torch
 
-from benchmarks import cost
-from benchmarks.common import BenchConfig, interleaved, markdown_table, structure_file, water_system
-from benchmarks.ipi_run import ForceField, MDSpec, Provider, checked, run_md
-from benchmarks.md import WARMUP_STEPS
+from ipi_ncforces.benchmarks import cost
+from ipi_ncforces.benchmarks.common import BenchConfig, interleaved, markdown_table, structure_file, water_system
+from ipi_ncforces.benchmarks.ipi_run import ForceField, MDSpec, Provider, checked, run_md
+from ipi_ncforces.benchmarks.md import WARMUP_STEPS
 
 N_ATOMS = 192
 DT_FS = 0.25
@@ -36,7 +36,7 @@ def steps(cfg: BenchConfig) -> int:
 
 
 def run(cfg: BenchConfig) -> dict:
-    from ipi_driver.evaluator import ForceEvaluator
+    from ipi_ncforces.ipi_driver.evaluator import ForceEvaluator
 
     beads = n_beads(cfg)
     model = cost.load(cfg)

@@ -1,4 +1,4 @@
-"""Cost growth with atom count, from the per-evaluation timings of :mod:`benchmarks.cost`.
+"""Cost growth with atom count, from the per-evaluation timings of :mod:`ipi_ncforces.benchmarks.cost`.
 
 For a local model the cost per evaluation should be linear in N: the log-log slope
 d ln t / d ln N between consecutive sizes should be close to 1 (the time per atom flat).
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 
-from benchmarks.common import BenchConfig, markdown_table
+from ipi_ncforces.benchmarks.common import BenchConfig, markdown_table
 
 SERIES = ("evaluator_direct", "evaluator_conservative", "neighbour_list")
 
@@ -32,7 +32,7 @@ def analyse(cost_section: dict) -> dict:
 def run(cfg: BenchConfig, cost_section: dict | None = None) -> dict:
     """Use the cost section if already measured (``run_all``), else measure it."""
     if cost_section is None:
-        from benchmarks import cost
+        from ipi_ncforces.benchmarks import cost
 
         cost_section = cost.run(cfg)
     result = analyse(cost_section)

@@ -12,8 +12,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from inputs import make
-from inputs.validate import InputValidationError, validate_file
+from ipi_ncforces.inputs import make
+from ipi_ncforces.inputs.validate import InputValidationError, validate_file
 
 
 def _make_parser() -> argparse.ArgumentParser:

@@ -24,7 +24,7 @@ import sys
 import time
 from pathlib import Path
 
-from inputs import make
+from ipi_ncforces.inputs import make
 
 ROOT = Path(__file__).resolve().parent.parent
 CASES = (("conservative", "nve-cons"), ("direct", "nve-direct"), ("mts", "nve-mts"))
@@ -60,14 +60,14 @@ def main(argv: list[str] | None = None) -> int:
         xml = make.write(v, out / "inputs" / f"{name}.xml")
         print(f"== {name}: {v.steps} steps of {v.outer_dt_fs:g} fs ({args.time_ps:g} ps)", flush=True)
         t0 = time.monotonic()
-        code = subprocess.call([sys.executable, "-m", "ipi_nc", "run", str(xml), "--model", str(args.model),
+        code = subprocess.call([sys.executable, "-m", "ipi_ncforces.cli", "run", str(xml), "--model", str(args.model),
                                 "--workdir", str(out / name), "--progress-every", "15"])
         if code != 0:
             print(f"ipi-nc demo: the {name} run failed (exit {code}); logs in {out / name}", file=sys.stderr)
             return 1
         print(f"   {name}: {time.monotonic() - t0:.0f} s wall", flush=True)
         run_dirs.append(str(out / name))
-    code = subprocess.call([sys.executable, "-m", "ipi_nc", "analyze", "drift", *run_dirs, "--out", str(out)])
+    code = subprocess.call([sys.executable, "-m", "ipi_ncforces.cli", "analyze", "drift", *run_dirs, "--out", str(out)])
     if code != 0:
         print("ipi-nc demo: the drift analysis failed", file=sys.stderr)
         return 1

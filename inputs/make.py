@@ -295,7 +295,7 @@ def to_string(v: Variant) -> str:
 
 def write(v: Variant, path: str | Path) -> Path:
     """Write a variant to ``path`` after validating it with i-PI's input classes."""
-    from inputs.validate import validate_string
+    from ipi_ncforces.inputs.validate import validate_string
 
     path = Path(path)
     text = to_string(v)

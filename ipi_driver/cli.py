@@ -60,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Exit codes: 0 i-PI sent EXIT; 1 error (message on stderr); 2 usage error; "
         "143 SIGTERM, 130 SIGINT (request in flight answered, socket closed, i-PI waits for another driver).",
     )
-    parser.add_argument("--model", required=True, help="model file (.pt from 'ipi-nc train' or models.io.save_model)")
+    parser.add_argument("--model", required=True, help="model file (.pt from 'ipi-nc train' or ipi_ncforces.models.io.save_model)")
     parser.add_argument(
         "--structure",
         required=True,
@@ -176,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     sock = None
     client = None
     try:
-        from ipi_driver.client import (
+        from ipi_ncforces.ipi_driver.client import (
             ConnectTimeout,
             IPIClient,
             ProtocolError,
@@ -185,8 +185,8 @@ def main(argv: list[str] | None = None) -> int:
             connect,
             socket_description,
         )
-        from ipi_driver.evaluator import ForceError
-        from ipi_driver.setup import SetupError, build_evaluator
+        from ipi_ncforces.ipi_driver.evaluator import ForceError
+        from ipi_ncforces.ipi_driver.setup import SetupError, build_evaluator
 
         try:
             evaluator = build_evaluator(
@@ -245,10 +245,10 @@ def main(argv: list[str] | None = None) -> int:
 
 def _main_shared(args: argparse.Namespace) -> int:
     """Serve the conservative socket and the MTS direct socket from one process."""
-    from ipi_driver.client import ProtocolError, ServerGone
-    from ipi_driver.evaluator import ForceError
-    from ipi_driver.setup import SetupError
-    from ipi_driver.shared_pass import build_shared_pass, serve_shared
+    from ipi_ncforces.ipi_driver.client import ProtocolError, ServerGone
+    from ipi_ncforces.ipi_driver.evaluator import ForceError
+    from ipi_ncforces.ipi_driver.setup import SetupError
+    from ipi_ncforces.ipi_driver.shared_pass import build_shared_pass, serve_shared
 
     shared = None
     try:

@@ -5,8 +5,8 @@ Why our own loop and not i-PI's: in i-PI 3.3.1 ``run_driver`` lives only in the
 disappears (``recv`` returns ``b''`` and no branch matches that header); it has no
 connect retry or timeout and no signal handling. A driver started by a batch script
 next to i-PI needs all three, so this module implements the (small) protocol itself.
-:mod:`ipi_driver.pes` stays the way to use i-PI's stock client (shared memory, MPI)
-and ``<ffdirect>``; both paths share :class:`ipi_driver.evaluator.ForceEvaluator`.
+:mod:`ipi_ncforces.ipi_driver.pes` stays the way to use i-PI's stock client (shared memory, MPI)
+and ``<ffdirect>``; both paths share :class:`ipi_ncforces.ipi_driver.evaluator.ForceEvaluator`.
 
 Wire protocol (as in ``ipi/interfaces/sockets.py`` 3.3.1; 12-byte upper-case,
 space-padded headers; native-endian int32 and float64; atomic units):

@@ -25,14 +25,14 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from ipi_driver.allocator import keep_freed_memory
-from ipi_driver.units import (
+from ipi_ncforces.ipi_driver.allocator import keep_freed_memory
+from ipi_ncforces.ipi_driver.units import (
     ANGSTROM_PER_BOHR,
     HARTREE_BOHR_PER_EV_ANGSTROM,
     HARTREE_PER_EV,
 )
-from models.base import DIRECT_HEAD, ENERGY_HEAD, Batch, PotentialModel, Prediction, evaluate
-from models.neighbors import NeighborCache
+from ipi_ncforces.models.base import DIRECT_HEAD, ENERGY_HEAD, Batch, PotentialModel, Prediction, evaluate
+from ipi_ncforces.models.neighbors import NeighborCache
 
 MODES = ("conservative", "direct", "correction")
 HEADS_FOR_MODE = {
@@ -81,7 +81,7 @@ class ForceEvaluator:
     max_force_ev_ang: replies with |F| above this (eV/A) are refused as absurd.
     extras_other_head: also return the other head's forces (eV/A) in the extras JSON.
     neighbor_skin_ang: if > 0, keep neighbour lists between requests in a
-      :class:`models.neighbors.NeighborCache` with this Verlet skin (A); 0 rebuilds every call.
+      :class:`ipi_ncforces.models.neighbors.NeighborCache` with this Verlet skin (A); 0 rebuilds every call.
     """
 
     def __init__(

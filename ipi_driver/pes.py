@@ -2,7 +2,7 @@
 
 Command line (i-PI's stock client, no ipi-nc process needed)::
 
-    i-pi-py_driver -u -a water -m custom -P $(python -c 'import ipi_driver.pes as p; print(p.__file__)') \\
+    i-pi-py_driver -u -a water -m custom -P $(python -c 'import ipi_ncforces.ipi_driver.pes as p; print(p.__file__)') \\
         -o model=water-m.pt,template=water.xyz,mode=direct,device=cpu
 
 Inside i-PI, no socket at all::
@@ -66,7 +66,7 @@ class NCForcesDriver(Dummy_driver):
 
     def check_parameters(self) -> None:
         # imported here so that i-PI can scan this file without importing torch
-        from ipi_driver.setup import build_evaluator
+        from ipi_ncforces.ipi_driver.setup import build_evaluator
 
         self.evaluator = build_evaluator(
             model_path=self.model_path,

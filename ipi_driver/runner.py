@@ -208,7 +208,7 @@ def driver_command(
         if spec.mode == "unix":
             return cmd + ["-u", "-a", spec.address, "-S", sockets_prefix]
         return cmd + ["-a", spec.address, "-p", str(spec.port)]
-    cmd = [sys.executable, "-m", "ipi_nc", "driver", "--model", str(model), "--structure", str(structure)]
+    cmd = [sys.executable, "-m", "ipi_ncforces.cli", "driver", "--model", str(model), "--structure", str(structure)]
     cmd += ["--mode", mode, "--device", device]
     if spec.mode == "unix":
         return cmd + ["--unix", "--address", spec.address, "--sockets-prefix", sockets_prefix]
@@ -227,7 +227,7 @@ def shared_mts_pair(
     cons, direct = sorted(sockets, key=lambda s: modes[s.name] != "conservative")
     if cons.mode != direct.mode or (cons.mode == "inet" and cons.address != direct.address):
         return None
-    from models.io import load_model
+    from ipi_ncforces.models.io import load_model
 
     try:
         heads = load_model(model).heads
@@ -366,7 +366,7 @@ def prepare(args: argparse.Namespace) -> tuple[Path, InputInfo, int]:
         raise RunError(f"input file '{args.input}' does not exist")
     workdir = Path(args.workdir or Path("runs") / src.stem).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
-    from inputs.validate import InputValidationError, validate_file
+    from ipi_ncforces.inputs.validate import InputValidationError, validate_file
 
     try:
         validate_file(src)

@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ipi_driver.evaluator import HEADS_FOR_MODE, MODES, ForceEvaluator
-from models.io import load_model
+from ipi_ncforces.ipi_driver.evaluator import HEADS_FOR_MODE, MODES, ForceEvaluator
+from ipi_ncforces.models.io import load_model
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 

@@ -30,9 +30,9 @@ from typing import TextIO
 
 import numpy as np
 
-from ipi_driver.client import IPIClient, StopRequested, connect, socket_description
-from ipi_driver.evaluator import ForceError, ForceEvaluator
-from ipi_driver.setup import SetupError, build_evaluator, default_skin_ang
+from ipi_ncforces.ipi_driver.client import IPIClient, StopRequested, connect, socket_description
+from ipi_ncforces.ipi_driver.evaluator import ForceError, ForceEvaluator
+from ipi_ncforces.ipi_driver.setup import SetupError, build_evaluator, default_skin_ang
 
 MAX_CACHED = 256  # direct replies kept for the direct socket (>= beads per step; oldest dropped)
 

@@ -1,10 +1,10 @@
 """Torch potentials for ipi-ncforces (eV, Angstrom, float32 or float64).
 
-Every potential implements :class:`models.base.PotentialModel`; drivers, Jacobian
-tools and benchmarks only call :func:`models.base.evaluate` on a
-:class:`models.base.Batch`.
+Every potential implements :class:`ipi_ncforces.models.base.PotentialModel`; drivers, Jacobian
+tools and benchmarks only call :func:`ipi_ncforces.models.base.evaluate` on a
+:class:`ipi_ncforces.models.base.Batch`.
 """
 
-from models.base import Batch, Prediction, PotentialModel, evaluate
+from ipi_ncforces.models.base import Batch, Prediction, PotentialModel, evaluate
 
 __all__ = ["Batch", "Prediction", "PotentialModel", "evaluate"]

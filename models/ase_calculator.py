@@ -1,12 +1,12 @@
-"""Any :class:`models.base.PotentialModel` as an ASE calculator (MD, L-BFGS/FIRE, ...).
+"""Any :class:`ipi_ncforces.models.base.PotentialModel` as an ASE calculator (MD, L-BFGS/FIRE, ...).
 
-    from models.ase_calculator import ModelCalculator
+    from ipi_ncforces.models.ase_calculator import ModelCalculator
     atoms.calc = ModelCalculator(model, forces="direct")     # or "conservative"
     atoms.calc = ModelCalculator.from_file("water-m.pt", forces="conservative")
 
 Units are ASE's: energy eV, forces eV/A, stress eV/A^3 (Voigt order xx, yy, zz, yz, xz, xy).
 ``forces="conservative"``: F = -dE/dr and stress = -W/V from the virial W = -dE/dstrain
-(autograd, models.base.evaluate). ``forces="direct"``: the direct head (no autograd graph);
+(autograd, ipi_ncforces.models.base.evaluate). ``forces="direct"``: the direct head (no autograd graph);
 the energy comes from the energy head if the model has one (else it is reported as 0 eV,
 and ``calc.results`` carries ``energy_available=False``); stress only if the model
 predicts a direct virial.
@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from ase.calculators.calculator import Calculator, PropertyNotImplementedError, all_changes
 
-from models.base import DIRECT_HEAD, ENERGY_HEAD, Batch, PotentialModel, evaluate
+from ipi_ncforces.models.base import DIRECT_HEAD, ENERGY_HEAD, Batch, PotentialModel, evaluate
 
 FORCE_MODES = ("conservative", "direct")
 
@@ -54,8 +54,8 @@ class ModelCalculator(Calculator):
 
     @classmethod
     def from_file(cls, path: str | Path, forces: str = "conservative", device: str = "cpu", dtype=torch.float64):
-        """Load a model file (models.io.save_model) and wrap it; ModelFileError if it lacks the head."""
-        from models.io import load_model
+        """Load a model file (ipi_ncforces.models.io.save_model) and wrap it; ModelFileError if it lacks the head."""
+        from ipi_ncforces.models.io import load_model
 
         head = ENERGY_HEAD if forces == "conservative" else DIRECT_HEAD
         return cls(load_model(path, require_heads=(head,), device=device, dtype=dtype), forces, device, dtype)

@@ -109,7 +109,7 @@ class PotentialModel(torch.nn.Module):
         raise NotImplementedError
 
     def config(self) -> dict:
-        """Constructor keyword arguments; ``models.io.save_model`` stores them."""
+        """Constructor keyword arguments; ``ipi_ncforces.models.io.save_model`` stores them."""
         raise NotImplementedError
 
     def check_species(self, species: torch.Tensor) -> None:
@@ -157,7 +157,7 @@ def evaluate(
     ``conservative`` is False this runs under ``torch.inference_mode`` (no graph), and
     ``energy`` chooses whether the energy head, if any, is evaluated too.
     create_graph: keep the graph of the returned energy and forces (e.g. for a loss on them);
-      positions are an internal copy, so for dF/dr use :mod:`models.jacobian`.
+      positions are an internal copy, so for dF/dr use :mod:`ipi_ncforces.models.jacobian`.
     """
     if conservative:
         model.require_head(ENERGY_HEAD)

@@ -1,6 +1,6 @@
 """A small dual-head message-passing potential: one backbone, energy and direct-force heads.
 
-Backbone (local, cutoff ``cutoff`` A, neighbours from :func:`models.neighbors.build_edges`):
+Backbone (local, cutoff ``cutoff`` A, neighbours from :func:`ipi_ncforces.models.neighbors.build_edges`):
 
 * atoms start from a learned species embedding ``h_i`` (``width`` channels);
 * each edge carries a Bessel radial basis ``sin(n pi r / rc) / r`` times a smooth cosine
@@ -14,7 +14,7 @@ Backbone (local, cutoff ``cutoff`` A, neighbours from :func:`models.neighbors.bu
 Heads:
 
 * ``"energy"``: ``E = sum_i (scale * MLP(h_i) + offset[Z_i])`` in eV; forces, virial
-  by autograd in :func:`models.base.evaluate` (conservative).
+  by autograd in :func:`ipi_ncforces.models.base.evaluate` (conservative).
 * ``"direct"``: ``F_i = scale * sum_j w_ij r_hat_ij`` in eV/A with invariant edge
   weights ``w_ij = c . [silu(A h_i + B h_j + P rbf_ij) * (G rbf_ij)]``: a sum of bond vectors
   with invariant coefficients, hence rotation-equivariant by construction, but
@@ -32,8 +32,8 @@ import math
 import torch
 from torch import nn
 
-from models.base import DIRECT_HEAD, ENERGY_HEAD, Batch, PotentialModel
-from models.neighbors import build_edges
+from ipi_ncforces.models.base import DIRECT_HEAD, ENERGY_HEAD, Batch, PotentialModel
+from ipi_ncforces.models.neighbors import build_edges
 
 VARIANT_HEADS: dict[str, tuple[str, ...]] = {
     "C": (ENERGY_HEAD,),

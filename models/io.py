@@ -13,16 +13,16 @@ from pathlib import Path
 
 import torch
 
-from models.base import PotentialModel
+from ipi_ncforces.models.base import PotentialModel
 
 FORMAT = "ipi-ncforces-model"
 VERSION = 1
 
 # model_type -> "module:Class"; imported lazily so that loading one kind needs no other
 MODEL_TYPES: dict[str, str] = {
-    "pair_toy": "models.pair_toy:PairToyModel",
-    "qtip4pf": "models.qtip4pf:QTIP4PF",
-    "dual_head": "models.dualhead:DualHeadPotential",
+    "pair_toy": "ipi_ncforces.models.pair_toy:PairToyModel",
+    "qtip4pf": "ipi_ncforces.models.qtip4pf:QTIP4PF",
+    "dual_head": "ipi_ncforces.models.dualhead:DualHeadPotential",
 }
 
 
@@ -78,7 +78,7 @@ def load_model(
     except Exception as exc:  # torch raises many kinds for a non-torch file
         raise ModelFileError(
             f"'{path}' is not an ipi-ncforces model file ({type(exc).__name__}); "
-            "make one with 'ipi-nc train' or models.io.save_model"
+            "make one with 'ipi-nc train' or ipi_ncforces.models.io.save_model"
         ) from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise ModelFileError(f"'{path}' is not an ipi-ncforces model file (no '{FORMAT}' header)")

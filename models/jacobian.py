@@ -1,6 +1,6 @@
 """How non-conservative is a force field? Jacobian asymmetry and closed-path work.
 
-For any :class:`models.base.PotentialModel` and force head ("conservative": F = -dE/dr,
+For any :class:`ipi_ncforces.models.base.PotentialModel` and force head ("conservative": F = -dE/dr,
 "direct": the predicted force vector):
 
 * :func:`force_jacobian` - ``J[i a, j b] = dF_{i a} / dr_{j b}`` (eV/A^2) by autograd,
@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 import torch
 
-from models.base import DIRECT_HEAD, ENERGY_HEAD, Batch, PotentialModel, evaluate
+from ipi_ncforces.models.base import DIRECT_HEAD, ENERGY_HEAD, Batch, PotentialModel, evaluate
 
 FORCE_HEADS = ("conservative", "direct")
 

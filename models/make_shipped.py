@@ -1,9 +1,9 @@
 """Train the shipped water models ``models/data/water-{c,nc,m}.pt`` (reproducibly).
 
-    .venv/bin/python -m models.make_shipped --data data/water-train.extxyz
+    .venv/bin/python -m ipi_ncforces.models.make_shipped --data data/water-train.extxyz
 
 Trains the C (energy head), NC (direct head) and M (both heads) variants of
-:class:`models.dualhead.DualHeadPotential` with ``ipi-nc train`` on the q-TIP4P/F
+:class:`ipi_ncforces.models.dualhead.DualHeadPotential` with ``ipi-nc train`` on the q-TIP4P/F
 reference water data (``ipi-nc reference-data``), the three in parallel as separate
 single-threaded processes (one thread each is much faster than sharing threads on a busy
 CPU), each under a wall-clock limit. All three use the same seed, hence the same
@@ -24,7 +24,7 @@ import sys
 import time
 from pathlib import Path
 
-from models.io import load_model
+from ipi_ncforces.models.io import load_model
 
 VARIANTS = ("C", "NC", "M")
 HERE = Path(__file__).resolve().parent
@@ -46,8 +46,8 @@ def generate_interim_data(
 
     import torch
 
-    from models.ase_calculator import ModelCalculator
-    from models.qtip4pf import QTIP4PF
+    from ipi_ncforces.models.ase_calculator import ModelCalculator
+    from ipi_ncforces.models.qtip4pf import QTIP4PF
 
     torch.set_num_threads(1)
     start = ase.io.read(HERE.parent / "inputs" / "water64.xyz")
@@ -73,7 +73,7 @@ def generate_interim_data(
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m models.make_shipped", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m ipi_ncforces.models.make_shipped", description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", default="data/water-train.extxyz", help="reference extxyz (default data/water-train.extxyz)")
     parser.add_argument("--out-dir", default=str(HERE / "data"), help="where water-{c,nc,m}.pt go (default models/data)")
     parser.add_argument("--minutes", type=float, default=20.0, help="wall-clock training limit per model in minutes (default 20)")
@@ -89,7 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def train_command(args: argparse.Namespace, variant: str, out: Path) -> list[str]:
     command = [
-        sys.executable, "-m", "models.train", "--data", args.data, "--variant", variant, "--out", str(out),
+        sys.executable, "-m", "ipi_ncforces.models.train", "--data", args.data, "--variant", variant, "--out", str(out),
         "--epochs", str(args.epochs), "--time-limit-min", str(args.minutes), "--threads", "1",
         "--width", "32", "--vector-width", "8", "--layers", "2", "--n-rbf", "16", "--cutoff", "5.0",
         "--batch-size", "2", "--lr", "5e-3", "--energy-weight", "10", "--seed", "0",

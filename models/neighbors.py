@@ -1,4 +1,4 @@
-"""Neighbour lists for a :class:`models.base.Batch`, via vesin-torch.
+"""Neighbour lists for a :class:`ipi_ncforces.models.base.Batch`, via vesin-torch.
 
 vesin finds the pairs (i, j, cell shift S) without gradients; the edge vectors
 ``r_ij = x_j - x_i + S @ cell`` are then rebuilt in torch so that autograd flows to
@@ -18,7 +18,7 @@ from typing import Iterator
 import torch
 from vesin_torch import NeighborList
 
-from models.base import Batch
+from ipi_ncforces.models.base import Batch
 
 
 @dataclass

@@ -14,8 +14,8 @@ import math
 
 import torch
 
-from models.base import DIRECT_HEAD, ENERGY_HEAD, Batch, PotentialModel
-from models.neighbors import build_edges
+from ipi_ncforces.models.base import DIRECT_HEAD, ENERGY_HEAD, Batch, PotentialModel
+from ipi_ncforces.models.neighbors import build_edges
 
 
 class PairToyModel(PotentialModel):

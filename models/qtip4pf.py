@@ -17,7 +17,7 @@ Implementation choices (documented because they change the numbers slightly):
 
 * Under periodic boundary conditions the Coulomb energy is an Ewald sum: real-space
   ``erfc(alpha r)/r`` over charge-site pairs closer than ``real_cutoff`` (found through a
-  molecule (oxygen) neighbour list from :func:`models.neighbors.build_edges` that reaches
+  molecule (oxygen) neighbour list from :func:`ipi_ncforces.models.neighbors.build_edges` that reaches
   far enough to hold every such site pair), reciprocal sum over all k-vectors with
   ``|k| < kspace_cutoff`` (spherical, so accuracy does not depend on the cell shape), the
   self term, and the intramolecular exclusion ``-q_i q_j erf(alpha r)/r``. Molecules are
@@ -42,8 +42,8 @@ import math
 import torch
 from ase import units
 
-from models.base import ENERGY_HEAD, Batch, PotentialModel
-from models.neighbors import build_edges
+from ipi_ncforces.models.base import ENERGY_HEAD, Batch, PotentialModel
+from ipi_ncforces.models.neighbors import build_edges
 
 KCAL_PER_MOL_EV: float = units.kcal / units.mol  # 1 kcal/mol in eV
 
@@ -92,7 +92,7 @@ def _smooth_switch(r: torch.Tensor, r_on: float, r_off: float) -> torch.Tensor:
 
 
 class QTIP4PF(PotentialModel):
-    """q-TIP4P/F water; energy head only (forces/virial by autograd in models.base.evaluate).
+    """q-TIP4P/F water; energy head only (forces/virial by autograd in ipi_ncforces.models.base.evaluate).
 
     real_cutoff: Ewald real-space cutoff (A). ewald_alpha: Ewald splitting (1/A).
     kspace_cutoff: reciprocal-space cutoff |k| (1/A, k includes the 2 pi).

@@ -1,7 +1,7 @@
 """Reference data for training: q-TIP4P/F water boxes sampled with i-PI, labelled exactly.
 
 ``ipi-nc reference-data`` runs i-PI (``<ffdirect>`` with ipi_driver/pes.py serving a saved
-:class:`models.qtip4pf.QTIP4PF`, mode conservative, so no socket) in several segments:
+:class:`ipi_ncforces.models.qtip4pf.QTIP4PF`, mode conservative, so no socket) in several segments:
 
 * classical NVT at 300 K (two independent Langevin trajectories),
 * path-integral NVT at 300 K (PILE-L thermostat; every bead becomes an independent frame),
@@ -37,7 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
-from models.structure_io import read_structure, write_ipi_xyz
+from ipi_ncforces.models.structure_io import read_structure, write_ipi_xyz
 
 WATER_MASS_G_PER_MOL = 18.01528
 AVOGADRO = 6.02214076e23
@@ -66,7 +66,7 @@ def _random_rotation(rng: np.random.Generator) -> np.ndarray:
 
 def water_monomer_ang() -> np.ndarray:
     """(3, 3) O, H, H positions (A) of the q-TIP4P/F equilibrium monomer, O at the origin."""
-    from models.qtip4pf import R_EQ_ANG, THETA_EQ_DEG
+    from ipi_ncforces.models.qtip4pf import R_EQ_ANG, THETA_EQ_DEG
 
     half = math.radians(THETA_EQ_DEG) / 2
     return np.array(
@@ -111,7 +111,7 @@ def equilibrate(atoms, model, temperature_k: float, time_ps: float, seed: int = 
     from ase.md.langevin import Langevin
     from ase.optimize import FIRE
 
-    from models.ase_calculator import ModelCalculator
+    from ipi_ncforces.models.ase_calculator import ModelCalculator
 
     atoms = atoms.copy()
     atoms.calc = ModelCalculator(model)
@@ -141,7 +141,7 @@ def make_start_structure(
     density_g_cm3: float = DEFAULT_DENSITY_G_CM3, log=print,
 ) -> Path:
     """Build, equilibrate with q-TIP4P/F and write an i-PI xyz start structure."""
-    from models.qtip4pf import QTIP4PF
+    from ipi_ncforces.models.qtip4pf import QTIP4PF
 
     atoms = lattice_water_box(n_molecules, density_g_cm3, seed)
     log(
@@ -266,7 +266,7 @@ def _ipi_command() -> list[str]:
 
 def start_segment(segment: Segment, workdir: Path, model_path: Path, structure: Path, dt_fs: float):
     """Write the i-PI input for ``segment`` into workdir/<name>/ and start i-PI there."""
-    import ipi_driver.pes as pes
+    import ipi_ncforces.ipi_driver.pes as pes
 
     run_dir = workdir / segment.name
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -327,7 +327,7 @@ def label_frames(frames: list, model, chunk: int = 8) -> list:
     """Attach q-TIP4P/F energy (eV), forces (eV/A), stress (eV/A^3) and info['virial'] (eV)."""
     from ase.calculators.singlepoint import SinglePointCalculator
 
-    from models.base import Batch, evaluate
+    from ipi_ncforces.models.base import Batch, evaluate
 
     for start in range(0, len(frames), chunk):
         group = frames[start : start + chunk]
@@ -381,8 +381,8 @@ def generate(
     import ase.io
     import torch
 
-    from models.io import save_model
-    from models.qtip4pf import QTIP4PF, check_water_order
+    from ipi_ncforces.models.io import save_model
+    from ipi_ncforces.models.qtip4pf import QTIP4PF, check_water_order
 
     torch.set_num_threads(1)
     atoms = read_structure(structure)

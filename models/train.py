@@ -25,10 +25,10 @@ from pathlib import Path
 
 import torch
 
-from models.base import DIRECT_HEAD, ENERGY_HEAD, Batch
-from models.dualhead import VARIANT_HEADS, DualHeadPotential, count_parameters
-from models.io import save_model
-from models.neighbors import build_edges
+from ipi_ncforces.models.base import DIRECT_HEAD, ENERGY_HEAD, Batch
+from ipi_ncforces.models.dualhead import VARIANT_HEADS, DualHeadPotential, count_parameters
+from ipi_ncforces.models.io import save_model
+from ipi_ncforces.models.neighbors import build_edges
 
 
 class TrainingDataError(ValueError):
@@ -175,7 +175,7 @@ def data_statistics(frames: list[Frame], indices: list[int], species: tuple[int,
 
 def predict(model: DualHeadPotential, batch: Batch, create_graph: bool) -> dict[str, torch.Tensor]:
     """Energy (B,) eV, conservative forces and direct forces (B,N,3) eV/A with their graph
-    kept (``create_graph``) for training. Unlike :func:`models.base.evaluate` this
+    kept (``create_graph``) for training. Unlike :func:`ipi_ncforces.models.base.evaluate` this
     does not detach the direct forces, so one loss can train both heads."""
     positions = batch.positions.detach().clone().requires_grad_(ENERGY_HEAD in model.heads)
     with torch.enable_grad():

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from models.structure_io import write_ipi_xyz
+from ipi_ncforces.models.structure_io import write_ipi_xyz
 
 BIN = Path(sys.executable).parent
 IPI = str(BIN / "i-pi")
@@ -80,8 +80,8 @@ def write_water_box(path: str | Path, n_side: int = 2, seed: int = 0) -> Path:
 
 def write_toy_model(path: str | Path, **kwargs) -> Path:
     """Save a PairToyModel (kwargs go to its constructor) and return the path."""
-    from models.io import save_model
-    from models.pair_toy import PairToyModel
+    from ipi_ncforces.models.io import save_model
+    from ipi_ncforces.models.pair_toy import PairToyModel
 
     return save_model(PairToyModel(**kwargs), path)
 

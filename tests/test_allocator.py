@@ -8,7 +8,7 @@ import pytest
 
 
 def _run(env_extra: dict) -> str:
-    code = "from ipi_driver.allocator import keep_freed_memory as k; print(k(), k())"
+    code = "from ipi_ncforces.ipi_driver.allocator import keep_freed_memory as k; print(k(), k())"
     env = dict(os.environ, **env_extra)
     return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
 

@@ -13,9 +13,9 @@ import pytest
 import torch
 from ase.calculators.calculator import Calculator, all_changes
 
-from analysis import geop
-from analysis.jacobian import jacobian_of
-from models.base import DIRECT_HEAD, ENERGY_HEAD, PotentialModel
+from ipi_ncforces.analysis import geop
+from ipi_ncforces.analysis.jacobian import jacobian_of
+from ipi_ncforces.models.base import DIRECT_HEAD, ENERGY_HEAD, PotentialModel
 
 
 class FieldCalculator(Calculator):

@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from analysis.cli import main as analyze_main
-from analysis.readers import AnalysisWarning, find_run, read_properties
-from analysis.temperatures import temperatures_of
+from ipi_ncforces.analysis.cli import main as analyze_main
+from ipi_ncforces.analysis.readers import AnalysisWarning, find_run, read_properties
+from ipi_ncforces.analysis.temperatures import temperatures_of
 from tests.ipi_helpers import IPI, write_toy_model, write_water_box
 
 PES = Path(__file__).parents[1] / "ipi_driver" / "pes.py"

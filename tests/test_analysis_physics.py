@@ -9,10 +9,10 @@ import json
 import numpy as np
 import pytest
 
-from analysis import diffusion, drift, rdf, spectrum, temperatures
-from analysis.cli import main as analyze_main
-from analysis.readers import find_run
-from analysis.stats import block_average, linear_fit
+from ipi_ncforces.analysis import diffusion, drift, rdf, spectrum, temperatures
+from ipi_ncforces.analysis.cli import main as analyze_main
+from ipi_ncforces.analysis.readers import find_run
+from ipi_ncforces.analysis.stats import block_average, linear_fit
 from tests.test_analysis_readers import (AU_VELOCITY_PER_A_PS, KB_AMU_A2_PS2, water_symbols, write_properties,
                                          write_trajectory)
 

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from ipi.utils.units import unit_to_internal, unit_to_user
 
-from analysis.cli import main as analyze_main
-from analysis.readers import (AnalysisInputError, AnalysisWarning, find_run, read_properties, read_traj,
+from ipi_ncforces.analysis.cli import main as analyze_main
+from ipi_ncforces.analysis.readers import (AnalysisInputError, AnalysisWarning, find_run, read_properties, read_traj,
                               timestep_ps)
 
 # amu (A/ps)^2 per kelvin: k_B in these units (R = 8.314462618 J/mol/K = 0.8314462618 amu A^2 ps^-2 K^-1)
@@ -150,6 +150,6 @@ def test_cli_bad_input_is_one_line_and_nonzero(tmp_path, capsys):
 
 
 def test_cli_help_lists_analyses():
-    out = subprocess.run([sys.executable, "-c", "import ipi_nc; ipi_nc.main(['analyze', '--help'])"],
+    out = subprocess.run([sys.executable, "-c", "import ipi_ncforces.cli as c; c.main(['analyze', '--help'])"],
                          capture_output=True, text=True, cwd=Path(__file__).parents[1])
     assert out.returncode == 0 and "temperatures" in out.stdout and "geop-study" in out.stdout

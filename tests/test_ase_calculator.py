@@ -9,13 +9,13 @@ import pytest
 import torch
 from ase.calculators.calculator import PropertyNotImplementedError
 
-from models.ase_calculator import ModelCalculator
-from models.base import Batch, evaluate
-from models.io import save_model
-from models.pair_toy import PairToyModel
-from models.qtip4pf import QTIP4PF
-from models.reference_data import set_temperature
-from models.structure_io import read_structure
+from ipi_ncforces.models.ase_calculator import ModelCalculator
+from ipi_ncforces.models.base import Batch, evaluate
+from ipi_ncforces.models.io import save_model
+from ipi_ncforces.models.pair_toy import PairToyModel
+from ipi_ncforces.models.qtip4pf import QTIP4PF
+from ipi_ncforces.models.reference_data import set_temperature
+from ipi_ncforces.models.structure_io import read_structure
 
 WATER16 = Path(__file__).resolve().parents[1] / "inputs" / "water16.xyz"
 

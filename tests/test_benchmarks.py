@@ -8,9 +8,9 @@ import json
 
 import pytest
 
-from benchmarks.cli import main
-from models.io import save_model
-from models.pair_toy import PairToyModel
+from ipi_ncforces.benchmarks.cli import main
+from ipi_ncforces.models.io import save_model
+from ipi_ncforces.models.pair_toy import PairToyModel
 
 
 @pytest.mark.slow

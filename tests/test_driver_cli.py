@@ -6,9 +6,9 @@ import time
 
 import pytest
 
-from ipi_driver.cli import main
-from models.pair_toy import PairToyModel
-from models.io import save_model
+from ipi_ncforces.ipi_driver.cli import main
+from ipi_ncforces.models.pair_toy import PairToyModel
+from ipi_ncforces.models.io import save_model
 from tests.ipi_helpers import unique_socket_name, water_box, write_ipi_xyz, write_toy_model
 
 

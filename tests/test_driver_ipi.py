@@ -15,9 +15,9 @@ import pytest
 import torch
 from ipi.utils.units import Elements, unit_to_internal
 
-from models.base import Batch, evaluate
-from models.io import load_model, save_model
-from models.pair_toy import PairToyModel
+from ipi_ncforces.models.base import Batch, evaluate
+from ipi_ncforces.models.io import load_model, save_model
+from ipi_ncforces.models.pair_toy import PairToyModel
 from tests.ipi_helpers import (
     frame_array,
     kill_processes,

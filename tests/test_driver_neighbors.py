@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from models.base import Batch, evaluate
-from models.neighbors import NeighborCache, build_edges
-from models.pair_toy import PairToyModel
+from ipi_ncforces.models.base import Batch, evaluate
+from ipi_ncforces.models.neighbors import NeighborCache, build_edges
+from ipi_ncforces.models.pair_toy import PairToyModel
 from tests.ipi_helpers import water_box
 
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import ipi_driver.pes
+import ipi_ncforces.ipi_driver.pes
 from tests.ipi_helpers import IPI_PY_DRIVER, log_text, start_command, wait_for_socket, wait_process
 from tests.test_driver_ipi import check_recorded_against_model, session  # noqa: F401 (fixture)
 
-PES_FILE = Path(ipi_driver.pes.__file__).resolve()
+PES_FILE = Path(ipi_ncforces.ipi_driver.pes.__file__).resolve()
 
 
 def test_ffdirect_runs_the_pes_in_process_with_batches(session):  # noqa: F811

@@ -173,7 +173,7 @@ def test_option_needs_a_model_with_both_heads(tmp_path, files):
 
 
 def test_runner_serves_an_mts_input_with_one_shared_driver(files, tmp_path, capsys):
-    from ipi_driver import runner
+    from ipi_ncforces.ipi_driver import runner
 
     box, model = files
     cons, direct = unique_socket_name("rc"), unique_socket_name("rd")

@@ -10,9 +10,9 @@ import pytest
 import torch
 from ase import Atoms
 
-from models.base import Batch, evaluate
-from models.dualhead import DualHeadPotential
-from models.io import ModelFileError, load_model, save_model
+from ipi_ncforces.models.base import Batch, evaluate
+from ipi_ncforces.models.dualhead import DualHeadPotential
+from ipi_ncforces.models.io import ModelFileError, load_model, save_model
 
 
 def water_box(n_side: int = 2, spacing_ang: float = 3.1, seed: int = 0, jitter_ang: float = 0.1, periodic: bool = True) -> Atoms:
@@ -207,7 +207,7 @@ def test_shipped_water_models(name):
 
     path = Path(__file__).resolve().parent.parent / "models" / "data" / f"water-{name}.pt"
     if not path.is_file():
-        pytest.skip(f"{path} not built yet (python -m models.make_shipped)")
+        pytest.skip(f"{path} not built yet (python -m ipi_ncforces.models.make_shipped)")
     model = load_model(path, require_heads=SHIPPED[name], dtype=torch.float64)
     assert model.metadata["status"] == "trained" and model.metadata["test_mae"]
     atoms = ase.io.read(Path(__file__).resolve().parent.parent / "inputs" / "water16.xyz")

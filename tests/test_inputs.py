@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 from lxml import etree
 
-from inputs import cli, make
-from inputs.validate import InputValidationError, validate_file, validate_string
+from ipi_ncforces.inputs import cli, make
+from ipi_ncforces.inputs.validate import InputValidationError, validate_file, validate_string
 
 SHIPPED = sorted(make.shipped_variants())
 INPUTS_DIR = Path(make.__file__).resolve().parent

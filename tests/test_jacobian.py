@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from models.base import Batch, evaluate
-from models.jacobian import (
+from ipi_ncforces.models.base import Batch, evaluate
+from ipi_ncforces.models.jacobian import (
     asymmetry_lambda,
     bin_pair_asymmetry,
     bond_stretch_pattern,
@@ -15,7 +15,7 @@ from models.jacobian import (
     pair_asymmetry,
     rotation_path,
 )
-from models.pair_toy import PairToyModel
+from ipi_ncforces.models.pair_toy import PairToyModel
 from tests.test_dualhead import tiny_model, water_box
 
 

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from models.base import Batch, evaluate
-from models.io import load_model, save_model
-from models.qtip4pf import QTIP4PF, R_EQ_ANG, THETA_EQ_DEG, check_water_order
-from models.reference_data import water_monomer_ang
-from models.structure_io import read_structure
+from ipi_ncforces.models.base import Batch, evaluate
+from ipi_ncforces.models.io import load_model, save_model
+from ipi_ncforces.models.qtip4pf import QTIP4PF, R_EQ_ANG, THETA_EQ_DEG, check_water_order
+from ipi_ncforces.models.reference_data import water_monomer_ang
+from ipi_ncforces.models.structure_io import read_structure
 
 ROOT = Path(__file__).resolve().parents[1]
 WATER16 = ROOT / "inputs" / "water16.xyz"
@@ -149,7 +149,7 @@ def test_periodic_dimer_in_large_box_matches_cluster(model):
     of order L^-5."""
     import ase
 
-    from models.qtip4pf import COULOMB_EV_ANG, GAMMA_M, Q_H_E, Q_M_E
+    from ipi_ncforces.models.qtip4pf import COULOMB_EV_ANG, GAMMA_M, Q_H_E, Q_M_E
 
     pos = _dimer() + 15.0
     per_mol = pos.reshape(2, 3, 3)
@@ -169,7 +169,7 @@ def test_monomer_at_published_equilibrium_has_zero_energy_and_relaxes_to_it(mode
     import ase
     from ase.optimize import BFGS
 
-    from models.ase_calculator import ModelCalculator
+    from ipi_ncforces.models.ase_calculator import ModelCalculator
 
     monomer = ase.Atoms("OHH", positions=water_monomer_ang())
     assert abs(float(model(_batch(monomer, periodic=False))["energy"][0])) < 1e-12
@@ -192,7 +192,7 @@ def test_water_dimer_binding(model):
     import ase
     from ase.optimize import BFGS
 
-    from models.ase_calculator import ModelCalculator
+    from ipi_ncforces.models.ase_calculator import ModelCalculator
 
     dimer = ase.Atoms("OHHOHH", positions=_dimer())
     dimer.calc = ModelCalculator(model)

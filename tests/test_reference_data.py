@@ -8,10 +8,10 @@ import ase.io
 import numpy as np
 import pytest
 
-from models.base import Batch, evaluate
-from models.qtip4pf import QTIP4PF
-from models.reference_data import box_length_ang, main, plan_segments
-from models.structure_io import read_structure
+from ipi_ncforces.models.base import Batch, evaluate
+from ipi_ncforces.models.qtip4pf import QTIP4PF
+from ipi_ncforces.models.reference_data import box_length_ang, main, plan_segments
+from ipi_ncforces.models.structure_io import read_structure
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -22,7 +22,7 @@ def test_shipped_start_structures_read_by_ase_and_ipi(name, n_molecules):
     from ipi.utils.units import unit_to_user
 
     path = ROOT / "inputs" / name
-    atoms = ase.io.read(path)  # what ipi_driver.setup.read_species uses
+    atoms = ase.io.read(path)  # what ipi_ncforces.ipi_driver.setup.read_species uses
     assert list(atoms.numbers) == [8, 1, 1] * n_molecules
     assert atoms.pbc.all()
     # cubic box at 0.997 g/cm^3

@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from inputs import make
-from ipi_driver import runner
+from ipi_ncforces.inputs import make
+from ipi_ncforces.ipi_driver import runner
 from tests.test_runner_support import write_toy_model, write_water_box
 
 SHIPPED = make.shipped_variants()
@@ -74,7 +74,7 @@ def test_every_shipped_input_runs_a_few_steps_in_process(rel, files, tmp_path):
 
 
 def _run_cmd(xml: Path, model: Path, workdir: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "ipi_nc", "run", str(xml), "--model", str(model), "--workdir", str(workdir), "--quiet", *extra]
+    return [sys.executable, "-m", "ipi_ncforces.cli", "run", str(xml), "--model", str(model), "--workdir", str(workdir), "--quiet", *extra]
 
 
 def _wait_rows(path: Path, n: int, proc: subprocess.Popen, timeout_s: float = 120.0) -> None:

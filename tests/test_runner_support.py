@@ -7,7 +7,7 @@ from pathlib import Path
 import ase
 import numpy as np
 
-from models.structure_io import write_ipi_xyz
+from ipi_ncforces.models.structure_io import write_ipi_xyz
 
 
 def write_water_box(path: Path, n_side: int = 2, spacing_ang: float = 3.1, seed: int = 0) -> Path:
@@ -29,7 +29,7 @@ def write_water_box(path: Path, n_side: int = 2, spacing_ang: float = 3.1, seed:
 
 def write_toy_model(path: Path) -> Path:
     """PairToyModel (energy + non-conservative direct head) saved to ``path``."""
-    from models.io import save_model
-    from models.pair_toy import PairToyModel
+    from ipi_ncforces.models.io import save_model
+    from ipi_ncforces.models.pair_toy import PairToyModel
 
     return save_model(PairToyModel(species=(1, 8), cutoff=3.0), path)

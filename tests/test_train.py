@@ -7,10 +7,10 @@ import pytest
 import torch
 from ase.calculators.singlepoint import SinglePointCalculator
 
-from models.base import Batch, evaluate
-from models.io import load_model
-from models.pair_toy import PairToyModel
-from models.train import main, read_frames
+from ipi_ncforces.models.base import Batch, evaluate
+from ipi_ncforces.models.io import load_model
+from ipi_ncforces.models.pair_toy import PairToyModel
+from ipi_ncforces.models.train import main, read_frames
 from tests.test_dualhead import water_box
 
 TINY = ["--width", "8", "--n-rbf", "6", "--cutoff", "3.5", "--batch-size", "2", "--threads", "1"]

@@ -12,14 +12,14 @@ import sys
 
 # subcommand -> ("module:function", one-line summary). Each function takes argv.
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
-    "train": ("models.train:main", "train a C / NC / M potential on an extxyz file"),
-    "reference-data": ("models.reference_data:main", "generate q-TIP4P/F water training data with i-PI"),
-    "driver": ("ipi_driver.cli:main", "serve model forces to a running i-PI over a socket"),
-    "run": ("ipi_driver.runner:main", "start i-PI and its drivers for an input, show progress"),
-    "inputs": ("inputs.cli:main", "write and validate i-PI inputs (NVE/NVT/PIMD/MTS/geop)"),
-    "analyze": ("analysis.cli:main", "drift, temperatures, spectra, diffusion, g(r), geop, jacobian"),
-    "demo": ("inputs.demo:main", "NVE conservative vs direct vs MTS: drift table and plot"),
-    "bench": ("benchmarks.cli:main", "cost of conservation, MTS speed-up, driver overhead"),
+    "train": ("ipi_ncforces.models.train:main", "train a C / NC / M potential on an extxyz file"),
+    "reference-data": ("ipi_ncforces.models.reference_data:main", "generate q-TIP4P/F water training data with i-PI"),
+    "driver": ("ipi_ncforces.ipi_driver.cli:main", "serve model forces to a running i-PI over a socket"),
+    "run": ("ipi_ncforces.ipi_driver.runner:main", "start i-PI and its drivers for an input, show progress"),
+    "inputs": ("ipi_ncforces.inputs.cli:main", "write and validate i-PI inputs (NVE/NVT/PIMD/MTS/geop)"),
+    "analyze": ("ipi_ncforces.analysis.cli:main", "drift, temperatures, spectra, diffusion, g(r), geop, jacobian"),
+    "demo": ("ipi_ncforces.inputs.demo:main", "NVE conservative vs direct vs MTS: drift table and plot"),
+    "bench": ("ipi_ncforces.benchmarks.cli:main", "cost of conservation, MTS speed-up, driver overhead"),
 }
 
 
