@@ -23,7 +23,7 @@ test: install
 	$(BIN)/python -m pytest -q tests
 
 bench: install
-	$(BIN)/python benchmarks/run_all.py --out bench-out
+	$(BIN)/ipi-nc bench --out bench-out
 
 clean:
 	rm -rf $(VENV) demo-out bench-out runs

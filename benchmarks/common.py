@@ -23,9 +23,10 @@ import torch
 
 from ipi_ncforces.models.structure_io import read_structure, write_ipi_xyz
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-WATER64 = REPO_ROOT / "inputs" / "water64.xyz"
-SHIPPED_M_MODEL = REPO_ROOT / "models" / "data" / "water-m.pt"
+from ipi_ncforces.inputs import WATER64_XYZ as WATER64
+from ipi_ncforces.models import SHIPPED_MODELS_DIR
+
+SHIPPED_M_MODEL = SHIPPED_MODELS_DIR / "water-m.pt"
 # 192 atoms = the 64-molecule box; 1536 and 12288 = 2x2x2 and 4x4x4 replicas
 SIZES_ATOMS = (192, 1536, 12288)
 REPLICAS_FOR_SIZE = {192: 1, 1536: 2, 12288: 4}
@@ -113,7 +114,7 @@ def ratio_stats(numerator_s: list[float], denominator_s: list[float]) -> dict:
 
 def base_water():
     """The shipped 192-atom box inputs/water64.xyz as ``ase.Atoms`` (A), with its source."""
-    return read_structure(WATER64), str(WATER64.relative_to(REPO_ROOT))
+    return read_structure(WATER64), f"inputs/{WATER64.name}"
 
 
 def water_system(n_atoms: int):

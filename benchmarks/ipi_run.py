@@ -22,10 +22,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ipi_ncforces.benchmarks.common import REPO_ROOT
+import ipi_ncforces.ipi_driver.pes as _pes
 
 STEP_RE = re.compile(r"Average timings at MD step\s+(\d+)\. t/step:\s+([0-9.eE+-]+)")
-PES_PATH = REPO_ROOT / "ipi_driver" / "pes.py"
+PES_PATH = Path(_pes.__file__).resolve()
 
 
 @dataclass
@@ -158,8 +158,6 @@ def thread_env(threads: int) -> dict[str, str]:
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         env[var] = str(threads)
     env["PYTHONUNBUFFERED"] = "1"
-    # i-PI imports ipi_driver/pes.py by path; the package must be importable from there
-    env["PYTHONPATH"] = str(REPO_ROOT) + os.pathsep + env.get("PYTHONPATH", "")
     return env
 
 

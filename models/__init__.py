@@ -5,6 +5,11 @@ tools and benchmarks only call :func:`ipi_ncforces.models.base.evaluate` on a
 :class:`ipi_ncforces.models.base.Batch`.
 """
 
+from pathlib import Path
+
 from ipi_ncforces.models.base import Batch, Prediction, PotentialModel, evaluate
 
-__all__ = ["Batch", "Prediction", "PotentialModel", "evaluate"]
+SHIPPED_MODELS_DIR = Path(__file__).resolve().parent / "data"
+"""The shipped models (``water-{c,nc,m}.pt``) and their summary ``water-models.json``."""
+
+__all__ = ["Batch", "Prediction", "PotentialModel", "evaluate", "SHIPPED_MODELS_DIR"]
