@@ -82,7 +82,7 @@ def _parser() -> argparse.ArgumentParser:
                                    help="convergence threshold (eV/A; paper: 1e-5 molecules, 1e-4 bulk)")
         parsers[name].add_argument("--max-steps", type=int, default=1000, help="step limit (default 1000)")
     sp = parsers["geop-study"]
-    sp.add_argument("--model", required=True, help="model file (.pt)")
+    sp.add_argument("--model", required=True, help="model file: ipi-ncforces .pt or metatomic export")
     sp.add_argument("--structure", required=True, help="reference structure (any ASE-readable file)")
     sp.add_argument("--starts", type=int, default=20, help="number of displaced starts (default 20)")
     sp.add_argument("--sigma", type=float, default=0.5, help="displacement standard deviation (A; default 0.5)")
@@ -90,8 +90,8 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--forces", default="conservative,direct", help="force modes (default conservative,direct)")
     sp.add_argument("--seed", type=int, default=0, help="random seed of the displacements")
     sp = parsers["jacobian"]
-    sp.add_argument("--model", required=True, help="model file (.pt)")
-    sp.add_argument("--structure", required=True, nargs="+", help="structures (ASE-readable; all frames used)")
+    sp.add_argument("--model", required=True, help="model file: ipi-ncforces .pt or metatomic export")
+    sp.add_argument("--structure", required=True, nargs="+", help="structure or trajectory files (i-PI xyz, keeping its cell, or anything ASE reads)")
     sp.add_argument("--max-frames", type=int, default=5, help="frames per file used (default 5)")
     sp.add_argument("--bins", type=int, default=20, help="distance bins for lambda_ij (default 20)")
     return p

@@ -21,11 +21,11 @@ import math
 from pathlib import Path
 
 import numpy as np
-from ase.units import _k as BOLTZMANN_J_PER_K
 
 from ipi_ncforces.analysis import plotting
 from ipi_ncforces.analysis.readers import AnalysisInputError, RunFiles, timestep_ps
 from ipi_ncforces.analysis.report import fmt, markdown_table, write_report
+from ipi_ncforces.models.units import BOLTZMANN_J_PER_K
 
 YEH_HUMMER_XI = 2.837297
 # 1 A^2/ps = 1e-16 cm^2 / 1e-12 s = 1e-4 cm^2/s = 10 x (1e-5 cm^2/s)
@@ -34,14 +34,14 @@ E5CM2S_PER_A2PS = 10.0
 
 def unwrap(positions: np.ndarray, cells: np.ndarray) -> np.ndarray:
     """Continuous trajectory from (n_frames, n_atoms, 3) A positions and (n_frames, 3, 3) cells (rows)."""
+    from ase.geometry import find_mic
+
     out = np.empty_like(positions)
     out[0] = positions[0]
     for f in range(1, len(positions)):
         d = positions[f] - positions[f - 1]
-        cell = cells[f]
-        if abs(np.linalg.det(cell)) > 1e-9:
-            frac = d @ np.linalg.inv(cell)
-            d = (frac - np.round(frac)) @ cell
+        if abs(np.linalg.det(cells[f])) > 1e-9:
+            d = find_mic(d, cells[f], pbc=True)[0]
         out[f] = out[f - 1] + d
     return out
 

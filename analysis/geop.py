@@ -25,6 +25,7 @@ import numpy as np
 from ipi_ncforces.analysis import plotting
 from ipi_ncforces.analysis.readers import AnalysisInputError, RunFiles, read_traj
 from ipi_ncforces.analysis.report import markdown_table, write_report
+from ipi_ncforces.models.structure_io import read_structure
 
 _ASE_LOG = re.compile(r"^\s*(\w+):\s+(\d+)\s+[\d:]+\s+(-?[\d.eE+-]+)\**\s+([\d.eE+-]+)")
 
@@ -77,6 +78,10 @@ def run_optimizer(atoms, calculator, optimizer: str, fmax_ev_a: float, max_steps
         raise AnalysisInputError(f"--optimizers: ASE has no optimizer '{optimizer}' (try LBFGS, FIRE, BFGS)")
     atoms.calc = calculator
     opt = getattr(ase.optimize, optimizer)(atoms, logfile=None)
+    if "energy" not in calculator.implemented_properties:
+        # ASE's Optimizer.log reads the energy even without a log file; a direct-only model
+        # has none (FIRE, BFGS and L-BFGS without line search step on forces alone)
+        opt.log = lambda *args, **kwargs: None
     trace: list[float] = []
     opt.attach(lambda: trace.append(float(np.linalg.norm(atoms.get_forces(), axis=1).max())), interval=1)
     try:
@@ -180,24 +185,31 @@ def analyze_outputs(runs: list[str], out: Path, fmax_ev_a: float, max_steps: int
 def analyze_study(model_path: str, structure: str, out: Path, n_starts: int, sigma_a: float,
                   optimizers: list[str], force_modes: list[str], fmax_ev_a: float, max_steps: int,
                   seed: int) -> dict:
-    """geop-study with a model file through ``ipi_ncforces.models.ase_calculator.ModelCalculator``."""
-    import ase.io
-
+    """geop-study with a model file through ``ipi_ncforces.models.ase_calculator.ModelCalculator``
+    (our .pt files) or metatomic-ase's ``MetatomicCalculator`` (metatomic files)."""
     try:
         from ipi_ncforces.models.ase_calculator import ModelCalculator
         from ipi_ncforces.models.io import ModelFileError
     except ImportError as exc:
         raise AnalysisInputError(f"geop-study needs ipi_ncforces.models.ase_calculator.ModelCalculator ({exc})") from None
     try:
-        atoms = ase.io.read(structure)
+        atoms = read_structure(structure)
     except Exception as exc:
         raise AnalysisInputError(f"--structure {structure}: cannot read ({exc})") from None
 
     def make(mode: str):
+        from ipi_ncforces.models.loader import METATOMIC, model_format
+
         try:
+            if model_format(model_path) == METATOMIC:
+                # metatomic files: metatomic-ase's calculator (direct mode: non_conservative_force,
+                # mean force removed by the calculator, as i-PI's PES does)
+                from metatomic_ase import MetatomicCalculator
+
+                return MetatomicCalculator(str(model_path), non_conservative=(mode == "direct"))
             return ModelCalculator.from_file(model_path, forces=mode)
-        except (ModelFileError, ValueError, OSError) as exc:
-            raise AnalysisInputError(f"--model {model_path}: {exc}") from None
+        except (ModelFileError, ValueError, OSError, RuntimeError) as exc:
+            raise AnalysisInputError(f"--model {model_path}: {str(exc).splitlines()[0]}") from None
 
     study = geop_study(atoms, make, optimizers, force_modes, n_starts, sigma_a, fmax_ev_a, max_steps, seed)
     return write_study(study, out, {"model": str(model_path), "structure": str(structure)})

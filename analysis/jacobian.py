@@ -16,11 +16,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
-
 from ipi_ncforces.analysis import plotting
 from ipi_ncforces.analysis.readers import AnalysisInputError
 from ipi_ncforces.analysis.report import markdown_table, write_report
+from ipi_ncforces.models.structure_io import read_structure
 
 
 def jacobian_of(model, atoms, bin_width_a: float = 0.5, loop_amplitude_a: float = 0.1) -> dict:
@@ -28,10 +27,11 @@ def jacobian_of(model, atoms, bin_width_a: float = 0.5, loop_amplitude_a: float 
     import torch
 
     from ipi_ncforces.models import jacobian as mj
-    from ipi_ncforces.models.base import DIRECT_HEAD, ENERGY_HEAD, Batch
+    from ipi_ncforces.models.base import Batch
+    from ipi_ncforces.models.modes import HEADS_FOR_MODE, SINGLE_FORCE_MODES
 
     batch = Batch.from_ase([atoms], dtype=torch.float64)
-    heads = [h for h, need in (("conservative", ENERGY_HEAD), ("direct", DIRECT_HEAD)) if need in model.heads]
+    heads = [m for m in SINGLE_FORCE_MODES if set(HEADS_FOR_MODE[m]) <= set(model.heads)]
     out = {}
     pos = batch.positions[0]
     paths = {}
@@ -72,19 +72,22 @@ def plot(results: list[dict], path: Path) -> Path:
 
 def analyze(model_path: str, structures: list[str], out: Path, max_frames: int = 5, bins: int = 20) -> dict:
     """lambda / lambda_ij / closed-path work report; writes jacobian.json/.md/.png."""
-    import ase.io
     import torch
 
-    from ipi_ncforces.models.io import ModelFileError, load_model
+    from ipi_ncforces.models.backend import NativeBackend
+    from ipi_ncforces.models.io import ModelFileError
+    from ipi_ncforces.models.loader import NATIVE, load_backend, model_format
 
-    try:
-        model = load_model(model_path, dtype=torch.float64)
+    try:  # our .pt or a metatomic file (which runs in its own dtype: export float64 for small numbers)
+        dtype = torch.float64 if model_format(model_path) == NATIVE else None
+        backend = load_backend(model_path, dtype=dtype, neighbor_skin_ang=0.0)
     except ModelFileError as exc:
         raise AnalysisInputError(f"--model: {exc}") from None
+    model = backend.model if isinstance(backend, NativeBackend) else backend
     results = []
     for name in structures:
         try:
-            frames = ase.io.read(name, f":{max_frames}")
+            frames = read_structure(name, slice(0, max_frames))
         except Exception as exc:
             raise AnalysisInputError(f"--structure {name}: cannot read ({exc})") from None
         for k, atoms in enumerate(frames):

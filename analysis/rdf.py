@@ -12,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+from ase.geometry import get_distances
 
 from ipi_ncforces.analysis import plotting
 from ipi_ncforces.analysis.readers import AnalysisInputError, RunFiles
@@ -41,10 +42,7 @@ def rdf(positions: np.ndarray, cells: np.ndarray, symbols: list[str], a: str, b:
             raise AnalysisInputError("g(r) needs a periodic cell; the trajectory has a zero cell")
         if r_max > max_radius(cell) + 1e-9:
             raise AnalysisInputError(f"r_max {r_max:.3f} A exceeds half the cell width {max_radius(cell):.3f} A")
-        inv = np.linalg.inv(cell)
-        d = x[ib][None, :, :] - x[ia][:, None, :]
-        frac = d @ inv
-        r = np.linalg.norm((frac - np.round(frac)) @ cell, axis=2)
+        r = get_distances(x[ia], x[ib], cell=cell, pbc=True)[1]  # (n_a, n_b) minimum-image A
         if a == b:
             r = r[np.triu_indices(len(ia), k=1)]
             pairs = len(ia) * (len(ia) - 1) / 2.0

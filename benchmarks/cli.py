@@ -4,6 +4,10 @@ Benchmarks (``--only`` picks a subset): cost (F = t_cons / t_direct per evaluati
 scaling (cost vs atom count, from cost), md (i-PI throughput: conservative, direct,
 MTS M=2,4,8,16), overhead (socket + i-PI vs ffdirect vs bare model), pimd (32 beads
 batched vs per-bead). Sizes: 192, 1536, 12288 atoms of replicated water.
+Opt-in (never in the default set, it runs for long): soak (``--only soak``: a long NVT
+run, RSS of i-PI and driver and steps/s over time; benchmarks/soak.py); metatomic
+(``--only metatomic``: our driver vs i-PI's metatomic PES, socket and ffdirect, on the
+exported model; benchmarks/metatomic.py).
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import torch
 from ipi_ncforces.benchmarks.common import SIZES_ATOMS, BenchConfig, base_water, machine_info, resolve_model, write_json
 
 BENCHMARKS = ("cost", "scaling", "md", "overhead", "pimd")
+OPT_IN = ("soak", "metatomic")  # only when named in --only
 
 
 def _sizes(text: str) -> tuple[int, ...]:
@@ -47,7 +52,11 @@ def build_parser() -> argparse.ArgumentParser:
         "else the PairToyModel; the JSON records which)",
     )
     p.add_argument("--quick", action="store_true", help="smoke version: 192 atoms, few steps, MTS M=2, 4 beads")
-    p.add_argument("--only", default=",".join(BENCHMARKS), help=f"comma-separated subset of {','.join(BENCHMARKS)}")
+    p.add_argument(
+        "--only", default=",".join(BENCHMARKS),
+        help=f"comma-separated subset of {','.join(BENCHMARKS + OPT_IN)} (default: all but {','.join(OPT_IN)})",
+    )
+    p.add_argument("--soak-steps", type=int, help="steps of the soak run per model (default 20000; --quick 500)")
     p.add_argument("--sizes", type=_sizes, help="per-evaluation sizes in atoms (default 192,1536,12288)")
     p.add_argument(
         "--md-sizes", type=_sizes, help="i-PI MD sizes in atoms (default 192,1536 on cpu; all three on cuda)"
@@ -59,15 +68,18 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     only = [b.strip() for b in args.only.split(",") if b.strip()]
-    unknown = [b for b in only if b not in BENCHMARKS]
+    unknown = [b for b in only if b not in BENCHMARKS + OPT_IN]
     if unknown:
-        print(f"ipi-nc bench: unknown benchmark '{unknown[0]}' (--only): choose from {', '.join(BENCHMARKS)}", file=sys.stderr)
+        print(f"ipi-nc bench: unknown benchmark '{unknown[0]}' (--only): choose from {', '.join(BENCHMARKS + OPT_IN)}", file=sys.stderr)
         return 2
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         print(f"ipi-nc bench: --device {args.device} but torch sees no CUDA GPU here; use --device cpu", file=sys.stderr)
         return 2
     if args.threads < 1:
         print("ipi-nc bench: --threads must be >= 1", file=sys.stderr)
+        return 2
+    if args.soak_steps is not None and args.soak_steps < 1:
+        print("ipi-nc bench: --soak-steps must be >= 1", file=sys.stderr)
         return 2
     torch.set_num_threads(args.threads)
     out = Path(args.out)
@@ -77,11 +89,11 @@ def main(argv: list[str] | None = None) -> int:
         model_path, model_info = resolve_model(args.model, out / "work")
     except ValueError as exc:  # ModelFileError: one line naming the file
         print(f"ipi-nc bench: {exc} (--model)", file=sys.stderr)
-        return 1
+        return 2
     cfg = BenchConfig(
         out=out,
         device=args.device,
-        dtype=args.dtype or ("float32" if gpu else "float64"),
+        dtype=args.dtype or model_info.get("dtype") or ("float32" if gpu else "float64"),  # metatomic: its own
         model_path=model_path,
         model_info=model_info,
         quick=args.quick,
@@ -93,7 +105,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"[bench] model: {model_info['source']} ({model_path}); device {cfg.device}, {cfg.dtype}; "
           f"structure: {structure_source}", flush=True)
 
-    from ipi_ncforces.benchmarks import cost, md, overhead, pimd, scaling
+    from ipi_ncforces.benchmarks import cost, md, overhead, pimd, scaling, soak
+    from ipi_ncforces.benchmarks import metatomic as metatomic_bench
 
     results: dict = {
         "command": "ipi-nc bench " + " ".join(argv if argv is not None else sys.argv[1:]),
@@ -116,13 +129,19 @@ def main(argv: list[str] | None = None) -> int:
     ]
     t_start = time.perf_counter()
     modules = {"cost": cost, "md": md, "overhead": overhead, "pimd": pimd}
-    for name in BENCHMARKS:
+    for name in BENCHMARKS + OPT_IN:
         if name not in only:
             continue
         t0 = time.perf_counter()
         if name == "scaling":
             section = scaling.run(cfg, results.get("cost"))
             text = scaling.markdown(section)
+        elif name == "metatomic":
+            section = metatomic_bench.run(cfg)
+            text = metatomic_bench.markdown(section)
+        elif name == "soak":
+            section = soak.run(cfg, args.soak_steps)
+            text = soak.markdown(section)
         else:
             section = modules[name].run(cfg)
             text = modules[name].markdown(section)

@@ -147,6 +147,17 @@ def resolve_model(model_arg: str | None, work: Path) -> tuple[Path, dict]:
 
     if model_arg:
         path = Path(model_arg)
+        from ipi_ncforces.models.loader import METATOMIC, load_backend, model_format
+
+        if model_format(path) == METATOMIC:  # raises ModelFileError (one line) for a bad file
+            backend = load_backend(path)
+            return path, {
+                "path": str(path), "source": "--model (metatomic)", "model_type": "metatomic",
+                "heads": list(backend.heads), "cutoff_ang": backend.cutoff,
+                "n_parameters": int(sum(p.numel() for p in backend.atomistic.parameters())),
+                "metadata_name": backend.metadata().name,
+                "dtype": str(backend.dtype).replace("torch.", ""),
+            }
         model = load_model(path)  # raises ModelFileError (one line) for a bad file
         source = "--model"
     elif SHIPPED_M_MODEL.is_file():

@@ -21,9 +21,8 @@ from ipi_ncforces.benchmarks.common import (
     water_system,
 )
 from ipi_ncforces.ipi_driver.evaluator import ForceEvaluator
-from ipi_ncforces.ipi_driver.units import BOHR_PER_ANGSTROM
-from ipi_ncforces.models.base import Batch, evaluate
-from ipi_ncforces.models.io import load_model
+from ipi_ncforces.models.units import BOHR_PER_ANGSTROM
+from ipi_ncforces.models.base import Batch
 from ipi_ncforces.models.neighbors import build_edges
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -39,7 +38,11 @@ def repeats_for(n_atoms: int, cfg: BenchConfig) -> int:
 
 
 def load(cfg: BenchConfig):
-    return load_model(cfg.model_path, device=cfg.device, dtype=DTYPES[cfg.dtype])
+    """The model under test as a backend (our .pt or a metatomic file, which keeps its own dtype)."""
+    from ipi_ncforces.models.loader import NATIVE, load_backend, model_format
+
+    dtype = DTYPES[cfg.dtype] if model_format(cfg.model_path) == NATIVE else None
+    return load_backend(cfg.model_path, device=cfg.device, dtype=dtype)
 
 
 def ipi_request(atoms) -> tuple[list[np.ndarray], list[np.ndarray]]:
@@ -55,9 +58,9 @@ def profile_top_ops(model, batch: Batch, conservative: bool, device: str, top: i
     activities = [ProfilerActivity.CPU]
     if torch.device(device).type == "cuda":
         activities.append(ProfilerActivity.CUDA)
-    evaluate(model, batch, conservative=conservative, direct=not conservative)  # warm-up
+    model.evaluate(batch, conservative=conservative, direct=not conservative)  # warm-up
     with profile(activities=activities) as prof:
-        evaluate(model, batch, conservative=conservative, direct=not conservative)
+        model.evaluate(batch, conservative=conservative, direct=not conservative)
     sort_key = "self_cuda_time_total" if torch.device(device).type == "cuda" else "self_cpu_time_total"
     events = sorted(prof.key_averages(), key=lambda e: getattr(e, sort_key, 0.0), reverse=True)
     rows = []
@@ -78,12 +81,12 @@ def measure_size(model, n_atoms: int, cfg: BenchConfig) -> dict:
     cells, positions = ipi_request(atoms)
     direct_eval = ForceEvaluator(model, atoms.numbers, "direct")
     cons_eval = ForceEvaluator(model, atoms.numbers, "conservative")
-    batch = Batch.from_ase([atoms]).to(cfg.device, DTYPES[cfg.dtype])
+    batch = Batch.from_ase([atoms]).to(cfg.device, model.dtype)
     variants = {
         "evaluator_direct": lambda: direct_eval(cells, positions),
         "evaluator_conservative": lambda: cons_eval(cells, positions),
-        "bare_direct": lambda: evaluate(model, batch, conservative=False, direct=True),
-        "bare_conservative": lambda: evaluate(model, batch, conservative=True, direct=False),
+        "bare_direct": lambda: model.evaluate(batch, conservative=False, direct=True),
+        "bare_conservative": lambda: model.evaluate(batch, conservative=True, direct=False),
         "neighbour_list": lambda: build_edges(batch, model.cutoff),
     }
     repeats = repeats_for(n_atoms, cfg)
@@ -129,7 +132,7 @@ def run(cfg: BenchConfig) -> dict:
             flush=True,
         )
     smallest = min(cfg.sizes)
-    batch = Batch.from_ase([water_system(smallest)]).to(cfg.device, DTYPES[cfg.dtype])
+    batch = Batch.from_ase([water_system(smallest)]).to(cfg.device, model.dtype)
     out["profile"] = {
         "n_atoms": smallest,
         "direct": profile_top_ops(model, batch, False, cfg.device),

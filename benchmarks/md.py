@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from ipi_ncforces.benchmarks.common import BenchConfig, markdown_table, structure_file
-from ipi_ncforces.benchmarks.ipi_run import ForceField, MDSpec, Provider, checked, run_md
+from ipi_ncforces.benchmarks.ipi_run import Provider, bench_variant, checked, run_md
 
 DT_FS = 0.5
 MTS_FACTORS = (2, 4, 8, 16)
@@ -29,17 +29,11 @@ WARMUP_STEPS = 1
 DRIVER_SUMMARY_RE = re.compile(r"median ([0-9.]+) ms")
 
 
-def variants(quick: bool) -> dict[str, tuple[list[ForceField], int]]:
-    """name -> (forcefields, M); M = 1 means no MTS."""
-    out = {
-        "conservative": ([ForceField("cons", "conservative")], 1),
-        "direct": ([ForceField("direct", "direct")], 1),
-    }
+def variants(quick: bool) -> dict[str, tuple[str, int]]:
+    """name -> (inputs.make forces, M); M = 1 means no MTS."""
+    out = {"conservative": ("conservative", 1), "direct": ("direct", 1)}
     for m in (2,) if quick else MTS_FACTORS:
-        out[f"mts{m}"] = (
-            [ForceField("cons", "conservative", mts_weights=[1, 0]), ForceField("direct", "direct", mts_weights=[-1, 1])],
-            m,
-        )
+        out[f"mts{m}"] = ("mts", m)
     return out
 
 
@@ -79,11 +73,10 @@ def run(cfg: BenchConfig, provider: Provider | None = None) -> dict:
         driver_ms: dict[str, list[list[float]]] = {}
         table = variants(cfg.quick)
         for r in range(rounds(cfg)):
-            for name, (ffs, m) in table.items():
+            for name, (forces, m) in table.items():
                 outer = max(n_inner // m, WARMUP_STEPS + 2)
-                spec = MDSpec(structure=structure, forcefields=ffs, steps=outer, dt_fs=DT_FS * m,
-                              nmts=[1, m] if m > 1 else None)
-                res = checked(run_md(spec, provider, work / f"{n_atoms}-{name}-{r}"), f"{name} {n_atoms} atoms", outer)
+                v = bench_variant(structure, forces, outer, provider, dt_fs=DT_FS, mts_m=m)
+                res = checked(run_md(v, provider, work / f"{n_atoms}-{name}-{r}"), f"{name} {n_atoms} atoms", outer)
                 t_outer = statistics.median(res.step_times_s[WARMUP_STEPS:])
                 per_variant.setdefault(name, []).append(t_outer / m)
                 driver_ms.setdefault(name, []).append(driver_median_ms(res.driver_logs))

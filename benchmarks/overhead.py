@@ -19,10 +19,10 @@ import torch
 
 from ipi_ncforces.benchmarks import cost
 from ipi_ncforces.benchmarks.common import BenchConfig, interleaved, markdown_table, structure_file, water_system
-from ipi_ncforces.benchmarks.ipi_run import ForceField, MDSpec, Provider, checked, run_md
+from ipi_ncforces.benchmarks.ipi_run import Provider, bench_variant, checked, run_md
 from ipi_ncforces.benchmarks.md import WARMUP_STEPS, driver_median_ms
 from ipi_ncforces.ipi_driver.evaluator import ForceEvaluator
-from ipi_ncforces.models.base import Batch, evaluate
+from ipi_ncforces.models.base import Batch
 
 N_ATOMS = 192
 
@@ -38,9 +38,9 @@ def run(cfg: BenchConfig) -> dict:
     atoms = water_system(N_ATOMS)
     cells, positions = cost.ipi_request(atoms)
     evaluator = ForceEvaluator(model, atoms.numbers, "direct")
-    batch = Batch.from_ase([atoms]).to(cfg.device, cost.DTYPES[cfg.dtype])
+    batch = Batch.from_ase([atoms]).to(cfg.device, model.dtype)
     in_process = {
-        "bare": lambda: evaluate(model, batch, conservative=False, direct=True),
+        "bare": lambda: model.evaluate(batch, conservative=False, direct=True),
         "evaluator": lambda: evaluator(cells, positions),
     }
     structure = structure_file(N_ATOMS, Path(cfg.out) / "work")
@@ -55,8 +55,8 @@ def run(cfg: BenchConfig) -> dict:
         for name in in_process:
             samples[name].append(statistics.median(rep[name]))
         for transport in ("ffdirect", "socket"):
-            spec = MDSpec(structure=structure, forcefields=[ForceField("direct", "direct", transport)], steps=n_steps)
-            res = checked(run_md(spec, provider, work / f"{transport}-{r}"), f"overhead {transport}", n_steps)
+            v = bench_variant(structure, "direct", n_steps, provider, sockets="unix" if transport == "socket" else "ffdirect")
+            res = checked(run_md(v, provider, work / f"{transport}-{r}"), f"overhead {transport}", n_steps)
             samples[transport].append(statistics.median(res.step_times_s[WARMUP_STEPS:]))
             if transport == "socket":
                 driver_ms += driver_median_ms(res.driver_logs)

@@ -18,7 +18,7 @@ import torch
 
 from ipi_ncforces.benchmarks import cost
 from ipi_ncforces.benchmarks.common import BenchConfig, interleaved, markdown_table, structure_file, water_system
-from ipi_ncforces.benchmarks.ipi_run import ForceField, MDSpec, Provider, checked, run_md
+from ipi_ncforces.benchmarks.ipi_run import Provider, bench_variant, checked, run_md
 from ipi_ncforces.benchmarks.md import WARMUP_STEPS
 
 N_ATOMS = 192
@@ -63,12 +63,8 @@ def run(cfg: BenchConfig) -> dict:
         for name in in_process:
             samples[name].append(statistics.median(rep[name]))
         for name, batch_size in (("socket_batched", beads), ("socket_per_bead", 1)):
-            spec = MDSpec(
-                structure=structure,
-                forcefields=[ForceField("direct", "direct", "socket", batch_size=batch_size)],
-                steps=n_steps, dt_fs=DT_FS, nbeads=beads,
-            )
-            res = checked(run_md(spec, provider, work / f"{name}-{r}"), f"PIMD {name}", n_steps)
+            v = bench_variant(structure, "direct", n_steps, provider, dt_fs=DT_FS, beads=beads, batch_size=batch_size)
+            res = checked(run_md(v, provider, work / f"{name}-{r}"), f"PIMD {name}", n_steps)
             samples[name].append(statistics.median(res.step_times_s[WARMUP_STEPS:]))
     ms = {name: 1e3 * statistics.median(s) for name, s in samples.items()}
     result = {

@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
                 except InputValidationError as exc:
                     print(f"FAIL {exc}", file=sys.stderr)
                     bad += 1
-            return 1 if bad else 0
+            return 2 if bad else 0
         if args.shipped:
             for path in make.write_shipped(args.out_dir):
                 print(path)

@@ -11,6 +11,12 @@ Conventions:
 * Forcefields are named ``cons`` (conservative forces) and ``direct`` (direct forces);
   the runner maps these names to driver modes.
 * Unix socket addresses are ``<name>-<forcefield>`` so several runs can go at once.
+* ``<ffdirect>`` names its PES file and model by placeholders (``PES.py``, ``MODEL.pt``)
+  unless the caller sets ``pes_path`` / ``model``: the runner fills them in, so this
+  package never needs to know where ipi_driver lives.
+
+Every caller that needs an i-PI input (runner tests, benchmarks, the reference-data
+workflow) builds a :class:`Variant` here; :func:`write` always validates with i-PI.
 """
 
 from __future__ import annotations
@@ -24,7 +30,9 @@ from lxml import etree
 
 from ipi.utils.units import unit_to_internal
 
-FORCES = ("conservative", "direct", "mts")
+from ipi_ncforces.models.modes import CONSERVATIVE, DIRECT
+
+FORCES = (CONSERVATIVE, DIRECT, "mts")  # "mts": conservative outer + direct inner level
 MD_THERMOSTATS = ("langevin", "svr", "gle")
 PIMD_THERMOSTATS = ("pile_l", "pile_g")
 # i-PI 3.3.1 geometry optimizers (ipi/inputs/motion/geop.py, attribute "mode");
@@ -37,11 +45,29 @@ SOCKETS = ("unix", "inet", "ffdirect")
 # thread steals the CPU the driver needs). On a dedicated node with a GPU driver a
 # smaller value can pay off: --latency-s, and `ipi-nc bench` to measure.
 DEFAULT_LATENCY_S = 1e-4
-PES_PATH = Path(__file__).resolve().parent.parent / "ipi_driver" / "pes.py"
+OUTPUT_KINDS = ("properties", "trajectory", "checkpoint")
+VERBOSITIES = ("quiet", "low", "medium", "high", "debug")
 
 
 class VariantError(ValueError):
     """An impossible combination of options; the message is one line naming the option."""
+
+
+@dataclass(frozen=True)
+class Output:
+    """One i-PI output stream.
+
+    kind: "properties", "trajectory" or "checkpoint"; filename: i-PI's ``filename`` (it
+    adds the prefix, ``_<bead>`` for per-bead quantities and the extension); what: the
+    element text, e.g. ``[ step, potential ]`` or ``positions{angstrom}``; stride: period
+    in (outer) steps; format: trajectory format (xyz, ase, pdb, ...).
+    """
+
+    kind: str
+    filename: str
+    what: str = ""
+    stride: int = 1
+    format: str = "xyz"
 
 
 @dataclass(frozen=True)
@@ -56,7 +82,7 @@ class Variant:
     ensemble: str = "nve"  # "nve" or "nvt" (md only)
     thermostat: str | None = None  # MD_THERMOSTATS (1 bead) or PIMD_THERMOSTATS
     tau_fs: float = 100.0
-    forces: str = "conservative"  # FORCES
+    forces: str = CONSERVATIVE  # FORCES
     mts_m: int = 8
     dt_fs: float = 0.5  # inner time step
     beads: int = 1
@@ -70,6 +96,20 @@ class Variant:
     port: int = 31415  # inet: first forcefield's port; the next one gets port + 1
     latency_s: float = DEFAULT_LATENCY_S
     model: str = "MODEL.pt"  # used only by ffdirect (the runner fills it in)
+    pes_path: str = "PES.py"  # ffdirect: the PES file (the runner fills in ipi_driver/pes.py)
+    pes: str = "custom"  # ffdirect: "custom" (our PES at pes_path) or "metatomic" (i-PI's own, model = metatomic file)
+    device: str = ""  # ffdirect: torch device in the PES parameters ("" = the PES default)
+    dtype: str = ""  # ffdirect: float32 / float64 in the PES parameters ("" = the PES default)
+    prefix: str = ""  # output prefix ("" = name)
+    socket_address: str = ""  # unix addresses are <socket_address>-<forcefield> ("" = name)
+    batch_size: int = 0  # structures per force request; 0 = all beads for sockets when beads > 1
+    consolidate_messages: bool | None = None  # ffsocket option; None = i-PI's default (see ipi_driver.launch)
+    verbosity: str = "low"  # "high" prints per-step timings (benchmarks)
+    safe_stride: int = 1  # steps between saved states for a soft exit (each save costs time)
+    pile_lambda: float = 0.5  # PILE thermostats: damping relative to critical (i-PI's default is 1)
+    thermal_velocities: bool = True  # md: start from Maxwell-Boltzmann velocities at temperature_k
+    fixcom: bool = True  # md: i-PI removes the centre-of-mass motion
+    outputs: tuple[Output, ...] = ()  # () = the standard outputs from the *_fs periods below
     species: tuple[str, ...] = ("H", "O")  # per-species temperature outputs
     geop_mode: str = "lbfgs"
     geop_fmax_ev_ang: float = 1e-4  # paper: 1e-4 eV/A for bulk
@@ -100,6 +140,8 @@ class Variant:
             raise VariantError(f"forces '{self.forces}' unknown (--forces): choose {', '.join(FORCES)}")
         if self.sockets not in SOCKETS:
             raise VariantError(f"sockets '{self.sockets}' unknown (--sockets): choose {', '.join(SOCKETS)}")
+        if self.pes not in ("custom", "metatomic"):
+            raise VariantError(f"pes '{self.pes}' unknown: use custom (our PES) or metatomic (i-PI's)")
         if self.steps < 1:
             raise VariantError(f"steps must be >= 1 (--steps), got {self.steps}")
         if self.beads < 1:
@@ -120,11 +162,16 @@ class Variant:
             raise VariantError(f"dt must be > 0 fs (--dt-fs), got {self.dt_fs}")
         if self.forces == "mts" and self.mts_m < 1:
             raise VariantError(f"M must be >= 1 (--mts-m), got {self.mts_m}")
-        if self.ensemble == "nve":
+        if self.verbosity not in VERBOSITIES:
+            raise VariantError(f"verbosity '{self.verbosity}' unknown: choose {', '.join(VERBOSITIES)}")
+        if self.batch_size < 0 or self.safe_stride < 1:
+            raise VariantError(f"batch_size must be >= 0 and safe_stride >= 1, got {self.batch_size}, {self.safe_stride}")
+        for out in self.outputs:
+            if out.kind not in OUTPUT_KINDS or out.stride < 1:
+                raise VariantError(f"output '{out.filename}': kind must be one of {', '.join(OUTPUT_KINDS)}, stride >= 1")
+        if self.ensemble == "nve":  # with beads > 1: ring-polymer MD
             if self.thermostat:
                 raise VariantError(f"ensemble nve takes no thermostat (got --thermostat {self.thermostat})")
-            if self.beads != 1:
-                raise VariantError("path-integral runs need a thermostat: use --ensemble nvt --thermostat pile_l")
         elif self.ensemble == "nvt":
             allowed = MD_THERMOSTATS if self.beads == 1 else PIMD_THERMOSTATS
             if self.beads == 1 and self.thermostat in PIMD_THERMOSTATS:
@@ -169,38 +216,61 @@ def _gle_drift_matrix_au(tau_fs: float) -> list[list[float]]:
     ]
 
 
-def _forcefields(v: Variant, root: etree._Element) -> list[str]:
-    """Add <ffsocket>/<ffdirect> elements; returns the forcefield names used."""
-    names = {"conservative": ["cons"], "direct": ["direct"], "mts": ["cons", "direct"]}[v.forces]
-    for i, ff in enumerate(names):
-        mode = "conservative" if ff == "cons" else "direct"
+def forcefield_names(v: Variant) -> list[str]:
+    """Names of the forcefields a variant declares: ``cons`` and/or ``direct``."""
+    return {CONSERVATIVE: ["cons"], DIRECT: ["direct"], "mts": ["cons", "direct"]}[v.forces]
+
+
+def unix_address(v: Variant, forcefield: str) -> str:
+    """The unix socket address of one forcefield (i-PI's socket file is /tmp/ipi_<address>)."""
+    return f"{v.socket_address or v.name}-{forcefield}"
+
+
+def _forcefields(v: Variant, root: etree._Element) -> None:
+    """Add the <ffsocket>/<ffdirect> elements."""
+    # PIMD: all beads in one request -> one batched model call in the driver
+    batch_size = v.batch_size or (v.beads if v.beads > 1 else 0)
+    for i, ff in enumerate(forcefield_names(v)):
+        mode = CONSERVATIVE if ff == "cons" else DIRECT
+        if v.sockets == "ffdirect" and v.pes == "metatomic":
+            el = _sub(root, "ffdirect", name=ff)
+            _sub(el, "pes", "metatomic")
+            extra = f", device: {v.device}" if v.device else ""
+            nc = "True" if mode == DIRECT else "False"
+            _sub(el, "parameters", f"{{model: {v.model}, template: {v.structure}, non_conservative: {nc}{extra}}}")
+            if v.batch_size:  # not by default: a contracted force asks fewer than `beads` structures
+                _sub(el, "batch_size", str(v.batch_size))
+            continue
         if v.sockets == "ffdirect":
             el = _sub(root, "ffdirect", name=ff)
             _sub(el, "pes", "custom")
-            _sub(el, "pes_path", str(PES_PATH))
-            _sub(el, "parameters", f"{{model: {v.model}, template: {v.structure}, mode: {mode}}}")
+            _sub(el, "pes_path", v.pes_path)
+            extra = "".join(f", {key}: {value}" for key, value in (("device", v.device), ("dtype", v.dtype)) if value)
+            _sub(el, "parameters", f"{{model: {v.model}, template: {v.structure}, mode: {mode}{extra}}}")
+            if v.batch_size:  # not by default: a contracted force asks fewer than `beads` structures
+                _sub(el, "batch_size", str(v.batch_size))
             continue
         el = _sub(root, "ffsocket", name=ff, mode=v.sockets, pbc="false")
         if v.sockets == "unix":
-            _sub(el, "address", f"{v.name}-{ff}")
+            _sub(el, "address", unix_address(v, ff))
         else:
             _sub(el, "address", v.host)
             _sub(el, "port", str(v.port + i))
         _sub(el, "latency", f"{v.latency_s:g}")
         # a driver that hangs should stop the run, not stall it forever (seconds)
         _sub(el, "timeout", "600")
-        # PIMD: all beads in one request -> one batched model call in the driver
-        if v.beads > 1:
-            _sub(el, "batch_size", str(v.beads))
-    return names
+        if batch_size:
+            _sub(el, "batch_size", str(batch_size))
+        if v.consolidate_messages is not None:
+            _sub(el, "consolidate_messages", str(v.consolidate_messages).lower())
 
 
 def _force_components(v: Variant, system: etree._Element) -> None:
     forces = _sub(system, "forces")
     contract = {"nbeads": str(v.contract_beads)} if v.contract_beads else {}
-    if v.forces == "conservative":
+    if v.forces == CONSERVATIVE:
         _sub(forces, "force", forcefield="cons", **contract)
-    elif v.forces == "direct":
+    elif v.forces == DIRECT:
         _sub(forces, "force", forcefield="direct", **contract)
     elif not v.contract_beads:
         # outer level: cons - direct; inner level: direct. Each ff evaluated once per position.
@@ -213,36 +283,52 @@ def _force_components(v: Variant, system: etree._Element) -> None:
         _sub(_sub(forces, "force", forcefield="direct"), "mts_weights", "[0, 1]")
 
 
-def _outputs(v: Variant, root: etree._Element) -> None:
-    out = _sub(root, "output", prefix=v.name)
+def standard_outputs(v: Variant) -> tuple[Output, ...]:
+    """The outputs of the shipped inputs, with periods from the variant's ``*_fs`` fields."""
     if v.motion == "geop":
-        _sub(out, "properties", "[ step, potential{electronvolt} ]", filename="out", stride="1")
-        _sub(out, "trajectory", "positions{angstrom}", filename="pos", stride="1", format="xyz", cell_units="angstrom")
-        _sub(out, "trajectory", "forces{ev/ang}", filename="frc", stride="1", format="xyz", cell_units="angstrom")
-        _sub(out, "checkpoint", filename="chk", stride="10", overwrite="false")
-        return
+        return (
+            Output("properties", "out", "[ step, potential{electronvolt} ]"),
+            Output("trajectory", "pos", "positions{angstrom}"),
+            Output("trajectory", "frc", "forces{ev/ang}"),
+            Output("checkpoint", "chk", stride=10),
+        )
     props = ["step", "time{picosecond}", "conserved{electronvolt}", "temperature{kelvin}"]
     props += [f"temperature{{kelvin}}({s})" for s in v.species]
     props += ["kinetic_md{electronvolt}", "potential{electronvolt}"]
     if v.beads > 1:
         props += ["kinetic_cv{electronvolt}"] + [f"kinetic_cv{{electronvolt}}({s})" for s in v.species]
-    _sub(out, "properties", "[ " + ", ".join(props) + " ]", filename="out", stride=str(v.stride(v.properties_fs)))
     # one bead: the physical trajectory; PIMD: the centroid (what diffusion and g(r) use)
     pos, vel = ("positions", "velocities") if v.beads == 1 else ("x_centroid", "v_centroid")
-    traj = dict(format="xyz", cell_units="angstrom")
-    _sub(out, "trajectory", f"{pos}{{angstrom}}", filename="pos", stride=str(v.stride(v.positions_fs)), **traj)
-    _sub(out, "trajectory", f"{vel}{{atomic_unit}}", filename="vel", stride=str(v.stride(v.velocities_fs)), **traj)
     frc = "forces{ev/ang}" if v.beads == 1 else "f_centroid{ev/ang}"
-    _sub(out, "trajectory", frc, filename="frc", stride=str(v.stride(v.forces_fs)), **traj)
-    # numbered checkpoints: a kill while one is being written leaves the previous one intact
-    _sub(out, "checkpoint", filename="chk", stride=str(v.stride(v.checkpoint_fs)), overwrite="false")
+    return (
+        Output("properties", "out", "[ " + ", ".join(props) + " ]", v.stride(v.properties_fs)),
+        Output("trajectory", "pos", f"{pos}{{angstrom}}", v.stride(v.positions_fs)),
+        Output("trajectory", "vel", f"{vel}{{atomic_unit}}", v.stride(v.velocities_fs)),
+        Output("trajectory", "frc", frc, v.stride(v.forces_fs)),
+        # numbered checkpoints: a kill while one is being written leaves the previous one intact
+        Output("checkpoint", "chk", stride=v.stride(v.checkpoint_fs)),
+    )
+
+
+def _outputs(v: Variant, root: etree._Element) -> None:
+    out = _sub(root, "output", prefix=v.prefix or v.name)
+    for o in v.outputs or standard_outputs(v):
+        if o.kind == "properties":
+            _sub(out, "properties", o.what, filename=o.filename, stride=str(o.stride))
+        elif o.kind == "trajectory":
+            units = {"cell_units": "angstrom"} if o.format == "xyz" else {}
+            _sub(out, "trajectory", o.what, filename=o.filename, stride=str(o.stride), format=o.format, **units)
+        else:
+            _sub(out, "checkpoint", filename=o.filename, stride=str(o.stride), overwrite="false")
 
 
 def build(v: Variant) -> etree._Element:
     """The <simulation> element for a variant (raises VariantError if impossible)."""
     v.check()
     # checkpoints are written with floatformat: full double precision makes --resume exact
-    root = etree.Element("simulation", verbosity="low", safe_stride="1", threading="false", floatformat="%.16e")
+    root = etree.Element(
+        "simulation", verbosity=v.verbosity, safe_stride=str(v.safe_stride), threading="false", floatformat="%.16e"
+    )
     if v.comment:
         root.append(etree.Comment(f" {v.comment} "))
     _outputs(v, root)
@@ -253,7 +339,7 @@ def build(v: Variant) -> etree._Element:
     system = _sub(root, "system")
     init = _sub(system, "initialize", nbeads=str(v.beads))
     _sub(init, "file", v.structure, mode="xyz", units="angstrom")
-    if v.motion == "md":
+    if v.motion == "md" and v.thermal_velocities:
         _sub(init, "velocities", _fmt(v.temperature_k), mode="thermal", units="kelvin")
     _force_components(v, system)
     if v.motion == "md":
@@ -273,9 +359,9 @@ def build(v: Variant) -> etree._Element:
             else:
                 _sub(th, "tau", _fmt(v.tau_fs), units="femtosecond")
             if v.thermostat in PIMD_THERMOSTATS:
-                _sub(th, "pile_lambda", "0.5")
+                _sub(th, "pile_lambda", f"{v.pile_lambda:g}")
         # direct forces have a non-zero sum: the engine, not the model, pins the centre of mass
-        _sub(motion, "fixcom", "true")
+        _sub(motion, "fixcom", "true" if v.fixcom else "false")
     else:
         motion = _sub(system, "motion", mode="minimize")
         geop = _sub(motion, "optimizer", mode=v.geop_mode)
@@ -308,7 +394,7 @@ def write(v: Variant, path: str | Path) -> Path:
 def shipped_variants(**overrides) -> dict[str, Variant]:
     """Relative path (under inputs/) -> variant, for every shipped input."""
     out: dict[str, Variant] = {}
-    short = {"conservative": "cons", "direct": "direct", "mts": "mts"}
+    short = {CONSERVATIVE: "cons", DIRECT: "direct", "mts": "mts"}
 
     def add(rel: str, **kw) -> None:
         name = rel.split("/")[-1]
@@ -339,7 +425,7 @@ def shipped_variants(**overrides) -> dict[str, Variant]:
                     steps=steps,
                 )
     for mode in GEOP_MODES:
-        for f in ("conservative", "direct"):
+        for f in (CONSERVATIVE, DIRECT):
             add(f"geop/{mode}-{short[f]}", motion="geop", forces=f, steps=1000, geop_mode=mode)
     return out
 

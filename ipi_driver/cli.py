@@ -5,10 +5,12 @@ Example (GPU node, i-PI listening on the unix socket /tmp/ipi_nc-direct)::
     ipi-nc driver --model water-m.pt --structure water64.xyz --mode direct \\
         --unix --address nc-direct --device cuda:0
 
-Exit codes: 0 when i-PI sends EXIT; 1 for bad input, bad model output, no server
-within --connect-timeout, or i-PI vanishing mid-run (one-line message on stderr);
-2 for command-line usage errors; 143 after SIGTERM and 130 after SIGINT (a request in
-flight is answered first, then the socket is closed; i-PI waits for another driver).
+Exit codes: 0 when i-PI sends EXIT; 2 for bad input (command line, structure or model
+file, a model that cannot serve the mode); 1 when serving fails: bad model output, a
+request that does not fit the structure, no server within --connect-timeout, or i-PI
+vanishing mid-run (one-line message on stderr); 143 after SIGTERM and 130 after SIGINT
+(a request in flight is answered first, then the socket is closed; i-PI waits for
+another driver).
 A timing summary goes to stderr on every exit after the model was loaded.
 
 MTS with one process (conservative outer level + direct inner level, one backbone pass
@@ -26,7 +28,9 @@ import sys
 import threading
 from types import FrameType
 
-EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
+from ipi_ncforces.models.modes import CONSERVATIVE, FORCE_MODES
+
+EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2  # EXIT_USAGE: any bad input (options, files, model)
 EXIT_SIGNAL_BASE = 128
 
 
@@ -60,7 +64,11 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Exit codes: 0 i-PI sent EXIT; 1 error (message on stderr); 2 usage error; "
         "143 SIGTERM, 130 SIGINT (request in flight answered, socket closed, i-PI waits for another driver).",
     )
-    parser.add_argument("--model", required=True, help="model file (.pt from 'ipi-nc train' or ipi_ncforces.models.io.save_model)")
+    parser.add_argument(
+        "--model",
+        required=True,
+        help="model file: an ipi-ncforces .pt ('ipi-nc train') or a metatomic model ('ipi-nc export', 'mtt export')",
+    )
     parser.add_argument(
         "--structure",
         required=True,
@@ -69,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--mode",
         required=True,
-        choices=("conservative", "direct", "correction"),
+        choices=FORCE_MODES,
         help="conservative: F=-dE/dr; direct: the direct-force head; correction: conservative minus direct "
         "(MTS outer level)",
     )
@@ -103,7 +111,9 @@ def build_parser() -> argparse.ArgumentParser:
     mts.add_argument("--mts-direct-port", type=int, metavar="N", help="TCP port of the direct socket (inet)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:K (default cpu)")
     parser.add_argument(
-        "--dtype", choices=("float32", "float64"), help="default: float32 on cuda, float64 on cpu"
+        "--dtype",
+        choices=("float32", "float64"),
+        help="default: float32 on cuda, float64 on cpu; a metatomic model runs in its own dtype",
     )
     parser.add_argument(
         "--remove-net-force",
@@ -114,6 +124,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--extras-other-head",
         action="store_true",
         help="also send the other head's forces (eV/A) in i-PI's extras JSON",
+    )
+    mta = parser.add_argument_group("metatomic models")
+    mta.add_argument("--variant", help="output variant of a metatomic model (energy/VARIANT, non_conservative_force/VARIANT)")
+    mta.add_argument("--extensions", metavar="DIR", help="directory with the TorchScript extensions the model needs")
+    mta.add_argument(
+        "--check-consistency",
+        action="store_true",
+        help="let metatomic check inputs and outputs on every call (slow; for debugging a model)",
     )
     parser.add_argument(
         "--neighbor-skin",
@@ -141,7 +159,7 @@ def _mts_usage_error(args: argparse.Namespace) -> str | None:
     """One-line reason why the MTS options do not fit the others, or None."""
     if args.mts_direct_address is None and args.mts_direct_port is None:
         return None
-    if args.mode != "conservative":
+    if args.mode != CONSERVATIVE:
         return f"--mts-direct-address/--mts-direct-port need --mode conservative (got --mode {args.mode})"
     if args.unix and args.mts_direct_port is not None:
         return "--mts-direct-port is for inet sockets; drop it or drop --unix"
@@ -150,6 +168,14 @@ def _mts_usage_error(args: argparse.Namespace) -> str | None:
     if not args.unix and args.mts_direct_port is None:
         return "inet MTS needs --mts-direct-port N (the direct socket's TCP port)"
     return None
+
+
+def _metatomic_options(args: argparse.Namespace) -> dict:
+    return {
+        "variant": args.variant,
+        "extensions_directory": args.extensions,
+        "check_consistency": args.check_consistency,
+    }
 
 
 def _error(message: str) -> None:
@@ -177,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     client = None
     try:
         from ipi_ncforces.ipi_driver.client import (
-            ConnectTimeout,
+            ConnectFailed,
             IPIClient,
             ProtocolError,
             ServerGone,
@@ -198,6 +224,7 @@ def main(argv: list[str] | None = None) -> int:
                 remove_net_force=args.remove_net_force,
                 extras_other_head=args.extras_other_head,
                 neighbor_skin_ang=args.neighbor_skin,
+                **_metatomic_options(args),
             )
             where = socket_description(args.unix, args.address, args.port or 0, args.sockets_prefix)
             print(
@@ -211,6 +238,7 @@ def main(argv: list[str] | None = None) -> int:
                 port=args.port or 0,
                 sockets_prefix=args.sockets_prefix,
                 timeout_s=args.connect_timeout,
+                log=sys.stderr,
             )
             client = handler.client = IPIClient(sock, evaluator, log=sys.stderr)
             try:
@@ -218,7 +246,10 @@ def main(argv: list[str] | None = None) -> int:
             except StopRequested:
                 raise Terminated(handler.signum or signal.SIGTERM) from None
             return EXIT_OK
-        except (SetupError, ConnectTimeout, ForceError) as exc:
+        except SetupError as exc:
+            _error(str(exc))
+            return EXIT_USAGE
+        except (ConnectFailed, ForceError) as exc:
             _error(str(exc))
         except ServerGone as exc:
             served = client.requests if client is not None else 0
@@ -261,10 +292,11 @@ def _main_shared(args: argparse.Namespace) -> int:
                 remove_net_force=args.remove_net_force,
                 extras_other_head=args.extras_other_head,
                 neighbor_skin_ang=args.neighbor_skin,
+                **_metatomic_options(args),
             )
         except SetupError as exc:
             _error(str(exc))
-            return EXIT_ERROR
+            return EXIT_USAGE
         ev = shared.conservative_evaluator
         print(
             f"ipi-nc driver: conservative + direct (MTS, shared backbone pass) forces of '{args.model}' "

@@ -31,6 +31,7 @@ TCP_NODELAY because the protocol is many small messages.
 
 from __future__ import annotations
 
+import errno
 import socket
 import time
 from collections.abc import Callable
@@ -58,7 +59,12 @@ class ServerGone(ConnectionError):
     """i-PI closed the connection (or died) without sending EXIT."""
 
 
-class ConnectTimeout(ConnectionError):
+class ConnectFailed(ConnectionError):
+    """No connection to i-PI could be made (a host name that does not resolve, an error
+    that waiting cannot fix, or no server within the connect timeout)."""
+
+
+class ConnectTimeout(ConnectFailed):
     """No i-PI server accepted the connection within the connect timeout."""
 
 
@@ -74,6 +80,13 @@ def socket_description(unix: bool, address: str, port: int, sockets_prefix: str)
     return f"unix socket {sockets_prefix}{address}" if unix else f"inet socket {address}:{port}"
 
 
+# errors that mean "no server there yet": retried until the connect timeout
+_RETRY_ERRNOS = frozenset(
+    {errno.ENOENT, errno.ECONNREFUSED, errno.ETIMEDOUT, errno.EHOSTUNREACH, errno.ENETUNREACH, errno.ECONNRESET,
+     errno.ECONNABORTED, errno.EAGAIN}
+)
+
+
 def connect(
     *,
     unix: bool,
@@ -82,11 +95,20 @@ def connect(
     sockets_prefix: str = "/tmp/ipi_",
     timeout_s: float = 60.0,
     retry_interval_s: float = 0.1,
+    log: TextIO | None = None,
 ) -> socket.socket:
-    """Connect to i-PI, retrying while the server is not up yet (missing socket file,
-    connection refused) for up to ``timeout_s`` seconds; ConnectTimeout afterwards."""
+    """Connect to i-PI at exactly ``address`` (unix: ``sockets_prefix + address``; inet:
+    ``(address, port)``, no other host is ever tried), retrying while the server is not up
+    yet (missing socket file, connection refused, unreachable) for up to ``timeout_s``
+    seconds; ConnectTimeout afterwards. Each attempt is itself bounded by the time left,
+    so a host that drops packets cannot stall the driver past ``timeout_s``. A host name
+    that does not resolve, or another error that waiting cannot fix, raises
+    ConnectFailed at once. With ``log``, one line says when the driver starts waiting."""
     where = socket_description(unix, address, port, sockets_prefix)
     deadline = time.monotonic() + max(float(timeout_s), 0.0)
+    if not unix and not 0 < int(port) < 65536:
+        raise ConnectFailed(f"TCP port {port} of {where} is out of range 1-65535 (--port)")
+    waiting_said = False
     while True:
         if unix:
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -96,16 +118,28 @@ def connect(
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             target = (address, int(port))
         try:
+            sock.settimeout(max(deadline - time.monotonic(), retry_interval_s))
             sock.connect(target)
+            sock.settimeout(None)  # blocking again: a step may take long on a big system
             return sock
-        except (FileNotFoundError, ConnectionRefusedError, socket.timeout, socket.gaierror) as exc:
+        except socket.gaierror as exc:
             sock.close()
+            raise ConnectFailed(
+                f"cannot resolve the i-PI host '{address}' ({exc.strerror}); check --address"
+            ) from None
+        except (socket.timeout, OSError) as exc:
+            sock.close()
+            if not isinstance(exc, socket.timeout) and exc.errno not in _RETRY_ERRNOS:
+                raise ConnectFailed(f"cannot connect to {where}: {exc.strerror or exc}") from None
             if time.monotonic() >= deadline:
                 raise ConnectTimeout(
                     f"no i-PI server at {where} after {timeout_s:g} s ({type(exc).__name__}); "
                     "start i-pi first, check --address/--port/--sockets-prefix or raise --connect-timeout"
                 ) from None
-            time.sleep(retry_interval_s)
+            if log is not None and not waiting_said:
+                print(f"ipi-nc driver: no i-PI server at {where} yet; retrying for up to {timeout_s:g} s", file=log)
+                waiting_said = True
+            time.sleep(min(retry_interval_s, max(deadline - time.monotonic(), 0.0)))
         except BaseException:
             sock.close()
             raise

@@ -26,20 +26,15 @@ import numpy as np
 import torch
 
 from ipi_ncforces.ipi_driver.allocator import keep_freed_memory
-from ipi_ncforces.ipi_driver.units import (
+from ipi_ncforces.models.units import (
     ANGSTROM_PER_BOHR,
     HARTREE_BOHR_PER_EV_ANGSTROM,
     HARTREE_PER_EV,
 )
-from ipi_ncforces.models.base import DIRECT_HEAD, ENERGY_HEAD, Batch, PotentialModel, Prediction, evaluate
+from ipi_ncforces.models.backend import ModelBackend, NativeBackend, as_backend
+from ipi_ncforces.models.base import DIRECT_HEAD, ENERGY_HEAD, Batch, PotentialModel, Prediction
+from ipi_ncforces.models.modes import CONSERVATIVE, CORRECTION, DIRECT, FORCE_MODES, HEADS_FOR_MODE
 from ipi_ncforces.models.neighbors import NeighborCache
-
-MODES = ("conservative", "direct", "correction")
-HEADS_FOR_MODE = {
-    "conservative": (ENERGY_HEAD,),
-    "direct": (DIRECT_HEAD,),
-    "correction": (ENERGY_HEAD, DIRECT_HEAD),
-}
 
 
 class ForceError(RuntimeError):
@@ -73,46 +68,48 @@ class RequestTimings:
 class ForceEvaluator:
     """Evaluate one model in one mode for i-PI.
 
-    model: a loaded PotentialModel (already on ``device`` in ``dtype``).
+    model: a loaded PotentialModel (already on ``device`` in ``dtype``), or any
+      :class:`ipi_ncforces.models.backend.ModelBackend` (e.g. a metatomic model file);
+      the evaluator talks to it only through the backend interface (``self.backend``).
     species: (N,) atomic numbers of the structure i-PI simulates, in i-PI's atom order.
-    mode: one of MODES.
+    mode: one of FORCE_MODES.
     remove_net_force: subtract the mean force so the net force is zero (direct forces
       have a non-zero sum that drifts the centre of mass).
     max_force_ev_ang: replies with |F| above this (eV/A) are refused as absurd.
     extras_other_head: also return the other head's forces (eV/A) in the extras JSON.
     neighbor_skin_ang: if > 0, keep neighbour lists between requests in a
       :class:`ipi_ncforces.models.neighbors.NeighborCache` with this Verlet skin (A); 0 rebuilds every call.
+      (Our models only: a metatomic backend keeps vesin's Verlet lists itself.)
     """
 
     def __init__(
         self,
-        model: PotentialModel,
+        model: PotentialModel | ModelBackend,
         species: np.ndarray | list[int],
-        mode: str = "conservative",
+        mode: str = CONSERVATIVE,
         *,
         remove_net_force: bool = False,
         max_force_ev_ang: float = 1000.0,
         extras_other_head: bool = False,
         neighbor_skin_ang: float = 0.0,
     ):
-        if mode not in MODES:
-            raise ValueError(f"unknown mode '{mode}' (choose from {', '.join(MODES)})")
+        if mode not in FORCE_MODES:
+            raise ValueError(f"unknown mode '{mode}' (choose from {', '.join(FORCE_MODES)})")
+        self.backend = as_backend(model)
         for head in HEADS_FOR_MODE[mode]:
-            model.require_head(head)
+            self.backend.require_head(head)
         self.model = model
         self.mode = mode
-        param = next(iter(model.parameters()), None)
-        buffer = next(iter(model.buffers()), None)
-        reference = param if param is not None else buffer
-        self.device = reference.device if reference is not None else torch.device("cpu")
-        self.dtype = reference.dtype if reference is not None else torch.float64
+        self.device = self.backend.device
+        self.dtype = self.backend.dtype
         self.species = torch.as_tensor(np.asarray(species), dtype=torch.long, device=self.device)
-        model.check_species(self.species)
+        self.backend.check_species(self.species)
         self.remove_net_force = remove_net_force
         self.max_force_ev_ang = float(max_force_ev_ang)
         self.extras_other_head = extras_other_head
         self.timings = RequestTimings()
-        self.neighbor_cache = NeighborCache(neighbor_skin_ang) if neighbor_skin_ang > 0 else None
+        native = isinstance(self.backend, NativeBackend)
+        self.neighbor_cache = NeighborCache(neighbor_skin_ang) if neighbor_skin_ang > 0 and native else None
         self.requests = 0
         self._warned_virial = False
         keep_freed_memory()  # per-request tensors stay mapped: see ipi_driver/allocator.py
@@ -139,14 +136,15 @@ class ForceEvaluator:
 
     def _predict(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict]:
         """energy (B,) eV, forces (B,N,3) eV/A, virial (B,3,3) eV, extra tensors."""
-        if self.mode == "conservative":
-            want_direct = self.extras_other_head and DIRECT_HEAD in self.model.heads
-            p = evaluate(self.model, batch, conservative=True, direct=want_direct)
-        elif self.mode == "direct":
-            want_cons = self.extras_other_head and ENERGY_HEAD in self.model.heads
-            p = evaluate(self.model, batch, conservative=want_cons, direct=True)
+        heads = self.backend.heads
+        if self.mode == CONSERVATIVE:
+            want_direct = self.extras_other_head and DIRECT_HEAD in heads
+            p = self.backend.evaluate(batch, conservative=True, direct=want_direct)
+        elif self.mode == DIRECT:
+            want_cons = self.extras_other_head and ENERGY_HEAD in heads
+            p = self.backend.evaluate(batch, conservative=want_cons, direct=True)
         else:
-            p = evaluate(self.model, batch, conservative=True, direct=True)
+            p = self.backend.evaluate(batch, conservative=True, direct=True)
         return self._outputs(p, batch)
 
     def _outputs(self, p: Prediction, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict]:
@@ -154,11 +152,11 @@ class ForceEvaluator:
         that holds at least the heads the mode (and extras_other_head) needs."""
         extra: dict[str, torch.Tensor] = {}
         zeros_virial = torch.zeros(batch.n_structures, 3, 3, dtype=self.dtype, device=self.device)
-        if self.mode == "conservative":
+        if self.mode == CONSERVATIVE:
             if self.extras_other_head and p.direct_forces is not None:
                 extra["direct_forces"] = p.direct_forces
             return p.energy, p.forces, p.virial, extra
-        if self.mode == "direct":
+        if self.mode == DIRECT:
             if self.extras_other_head and p.forces is not None:
                 extra["conservative_forces"] = p.forces
             energy = p.energy if p.energy is not None else torch.zeros_like(zeros_virial[:, 0, 0])
@@ -211,7 +209,7 @@ class ForceEvaluator:
         model) would send for these positions, from one backbone pass. Either list is a
         ForceError instead if its forces fail the checks, so that the error is raised where
         those forces are asked for. The pass counts in this evaluator's timings."""
-        if self.mode != "conservative" or direct.mode != "direct" or direct.model is not self.model:
+        if self.mode != CONSERVATIVE or direct.mode != DIRECT or direct.backend is not self.backend:
             raise ValueError("call_with_direct needs a conservative evaluator and a direct one on the same model")
         self.requests += 1
         direct.requests += 1
@@ -219,7 +217,7 @@ class ForceEvaluator:
         batch = self._batch(cells_bohr, positions_bohr)
         t1 = time.perf_counter()
         with self._neighbors():
-            p = evaluate(self.model, batch, conservative=True, direct=True)
+            p = self.backend.evaluate(batch, conservative=True, direct=True)
         n = batch.n_structures
         # the direct side first: _finish of this side records the timings of the whole pass
         try:
@@ -242,7 +240,7 @@ class ForceEvaluator:
     ) -> list[tuple[float, np.ndarray, np.ndarray, str]]:
         """Net-force removal, host copy, checks, timings (if ``record``), unit conversion."""
         energy, forces, virial, extra = outputs
-        if self.remove_net_force and self.mode != "conservative":
+        if self.remove_net_force and self.mode != CONSERVATIVE:
             forces = forces - forces.mean(dim=1, keepdim=True)
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
@@ -260,14 +258,14 @@ class ForceEvaluator:
             self.timings.structures += n
 
         results = []
-        has_energy = ENERGY_HEAD in self.model.heads and self.mode != "correction"
+        has_energy = ENERGY_HEAD in self.backend.heads and self.mode != CORRECTION
         for b in range(n):
             extras = {
                 "mode": self.mode,
                 "energy_available": has_energy,
                 "model_ms": 1e3 * (t2 - t1) / n,
             }
-            if self.mode == "direct":
+            if self.mode == DIRECT:
                 extras["virial_available"] = self.model_has_direct_virial
             for key, value in extra_host.items():
                 extras[key + "_ev_ang"] = value[b].tolist()
@@ -283,4 +281,4 @@ class ForceEvaluator:
 
     @property
     def model_has_direct_virial(self) -> bool:
-        return bool(getattr(self.model, "predicts_direct_virial", False))
+        return bool(self.backend.predicts_direct_virial)

@@ -17,7 +17,8 @@ Parameters: ``model`` (.pt file), ``template`` (any ASE-readable structure with 
 atom order, used for the species), ``mode`` (conservative | direct | correction),
 ``device`` (cpu, cuda, cuda:1), ``dtype`` (float32 | float64; default float64 on CPU,
 float32 on CUDA), ``remove_net_force`` (bool), ``neighbor_skin`` (Verlet skin in A for
-neighbour lists kept between calls; default 0.5 on CPU, 0 = off, the default on CUDA). i-PI batches (``batch_size``) arrive as
+neighbour lists kept between calls; default 0.5 on CPU, 0 = off, the default on CUDA); for metatomic
+model files also ``variant``, ``extensions`` (directory) and ``check_consistency`` (bool). i-PI batches (``batch_size``) arrive as
 lists and are evaluated in ONE model call.
 """
 
@@ -52,6 +53,9 @@ class NCForcesDriver(Dummy_driver):
         dtype: str | None = None,
         remove_net_force=False,
         neighbor_skin=None,
+        variant=None,
+        extensions=None,
+        check_consistency=False,
         *args,
         **kwargs,
     ):
@@ -62,6 +66,9 @@ class NCForcesDriver(Dummy_driver):
         self.dtype = dtype
         self.remove_net_force = _as_bool(remove_net_force)
         self.neighbor_skin = None if neighbor_skin is None else float(neighbor_skin)
+        self.variant = variant or None
+        self.extensions = extensions or None
+        self.check_consistency = _as_bool(check_consistency)
         super().__init__(*args, **kwargs)
 
     def check_parameters(self) -> None:
@@ -76,6 +83,9 @@ class NCForcesDriver(Dummy_driver):
             dtype=self.dtype,
             remove_net_force=self.remove_net_force,
             neighbor_skin_ang=self.neighbor_skin,
+            variant=self.variant,
+            extensions_directory=self.extensions,
+            check_consistency=self.check_consistency,
         )
 
     def compute_structure(self, cell, pos):

@@ -17,10 +17,19 @@ What it does, in order:
    conservative + one direct socket) and a two-headed model get ONE driver per --drivers
    serving both sockets with a shared backbone pass (``ipi-nc driver --mts-direct-address``);
 4. prints step, simulated ps, steps/s and ETA from i-PI's properties file as it grows;
-5. on completion waits for everything to exit; if i-PI or a driver dies, or on Ctrl-C /
-   SIGTERM, stops the rest (i-PI gets SIGTERM, i.e. its soft exit that writes RESTART)
-   and returns non-zero with a one-line reason.
+5. on completion waits for everything to exit; on Ctrl-C / SIGTERM stops the rest (i-PI
+   gets SIGTERM, i.e. its soft exit that writes RESTART) and returns 128 + signal;
+6. recovers, at most ``--max-restarts`` times, one stderr line each: a driver that dies
+   is replaced by a new one (the written input sets ``consolidate_messages`` false on
+   every unbatched ``<ffsocket>`` that does not choose, so i-PI requeues the lost request); when
+   i-PI dies, or makes no step for ``--hang-timeout`` s after a driver died, i-PI and the
+   drivers are stopped and started again from the newest checkpoint (as ``--resume``:
+   outputs truncated to the checkpoint step, so every step is in them once). Past the
+   limit: non-zero exit with a one-line reason.
 Logs: WORKDIR/ipi.log and WORKDIR/driver-<forcefield>-<k>.log.
+Exit codes: 0 done; 2 bad input (options, input/structure/model files, a model that
+cannot serve the input), reported before anything starts; 1 the run failed; 128 + N
+after signal N.
 """
 
 from __future__ import annotations
@@ -29,30 +38,26 @@ import argparse
 import dataclasses
 import os
 import re
-import shutil
 import signal
-import socket
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 from lxml import etree
 
-MODE_FOR_NAME = {
-    "cons": "conservative",
-    "conservative": "conservative",
-    "direct": "direct",
-    "nc": "direct",
-    "corr": "correction",
-    "correction": "correction",
-}
-DEFAULT_SOCKETS_PREFIX = "/tmp/ipi_"
-IPI_EXIT_GRACE_S = 60.0  # seconds i-PI may take to write its last files after sending EXIT
+from ipi_ncforces.ipi_driver import launch
+from ipi_ncforces.models.modes import CONSERVATIVE, CORRECTION, DIRECT, DIRECT_HEAD, ENERGY_HEAD, FORCE_MODES
+
+PES_PATH = Path(__file__).resolve().parent / "pes.py"  # our PES class for <ffdirect> and i-pi-py_driver
+MODE_FOR_NAME = {"cons": CONSERVATIVE, "nc": DIRECT, "corr": CORRECTION, **{m: m for m in FORCE_MODES}}
 
 
 class RunError(RuntimeError):
-    """Something that stops the run; the message is one line."""
+    """Something that stops the run (exit code 1); the message is one line."""
+
+
+class RunInputError(RunError):
+    """Bad input (options, files, model), found before anything starts (exit code 2)."""
 
 
 @dataclasses.dataclass
@@ -119,7 +124,7 @@ def read_input(tree: etree._ElementTree, base_dir: Path) -> InputInfo:
         properties_file=props_file,
         total_steps=int(_text(root.find("total_steps")) or 1000),
         timestep_fs=timestep_fs,
-        sockets_prefix=root.get("sockets_prefix", DEFAULT_SOCKETS_PREFIX),
+        sockets_prefix=root.get("sockets_prefix", launch.DEFAULT_SOCKETS_PREFIX),
     )
 
 
@@ -158,6 +163,37 @@ def latest_checkpoint(workdir: Path, info: InputInfo) -> Path:
     return max(found, key=lambda sp: sp[0])[1]
 
 
+def check_template_matches_checkpoint(template: Path, chk: Path) -> None:
+    """RunError unless the structure file the drivers get as template lists the same
+    elements in the same order as the atoms i-PI continues from: i-PI sends positions only,
+    so a template with other atoms would give every force to the wrong atom."""
+    names = _text(etree.parse(str(chk)).getroot().find("system/beads/names"))
+    if not names:
+        return
+    chk_symbols = [n.strip() for n in names.strip("[] \n").split(",") if n.strip()]
+    from ase.data import chemical_symbols
+
+    from ipi_ncforces.ipi_driver.setup import SetupError, read_species
+
+    try:
+        template_symbols = [chemical_symbols[z] for z in read_species(template)]
+    except SetupError as exc:
+        raise RunError(str(exc)) from None
+    if len(template_symbols) != len(chk_symbols):
+        raise RunError(
+            f"structure file '{template}' has {len(template_symbols)} atoms but checkpoint '{chk}' has "
+            f"{len(chk_symbols)}: restore the structure file the run started from"
+        )
+    wrong = [i for i, (a, b) in enumerate(zip(template_symbols, chk_symbols)) if a != b]
+    if wrong:
+        i = wrong[0]
+        raise RunError(
+            f"structure file '{template}' orders the elements differently from checkpoint '{chk}' "
+            f"(atom {i}: {template_symbols[i]} vs {chk_symbols[i]}, {len(wrong)} atoms differ): "
+            f"restore the structure file the run started from"
+        )
+
+
 _STEP_IN_COMMENT = re.compile(r"Step:\s*(\d+)")
 
 
@@ -169,6 +205,8 @@ def truncate_outputs(workdir: Path, prefix: str, keep_below_step: int) -> None:
         if path.name.startswith("#") or "chk" in path.name or path.suffix == ".xml" or not path.is_file():
             continue
         lines = path.read_text().splitlines(keepends=True)
+        if lines and not lines[-1].endswith("\n"):
+            lines.pop()  # a record cut short (kill, disk full) is never kept
         if not lines:
             continue
         kept: list[str] = []
@@ -192,24 +230,18 @@ def truncate_outputs(workdir: Path, prefix: str, keep_below_step: int) -> None:
 # ----------------------------------------------------------------------------- processes
 
 
-def _ipi_command(xml: Path) -> list[str]:
-    exe = Path(sys.executable).parent / "i-pi"
-    return [str(exe) if exe.exists() else (shutil.which("i-pi") or "i-pi"), str(xml.name)]
-
-
 def driver_command(
     spec: SocketSpec, mode: str, model: Path, structure: Path, device: str, sockets_prefix: str, kind: str
 ) -> list[str]:
     """The command line of one driver for one socket (``ipi-nc driver`` contract)."""
     if kind == "stock":  # i-PI's own client with our PES class (no ipi-nc driver needed)
-        pes = Path(__file__).resolve().parent / "pes.py"
-        exe = Path(sys.executable).parent / "i-pi-py_driver"
-        cmd = [str(exe), "-m", "custom", "-P", str(pes), "-o", f"model={model},template={structure},mode={mode},device={device}"]
+        cmd = [launch.find_executable("i-pi-py_driver"), "-m", "custom", "-P", str(PES_PATH)]
+        cmd += ["-o", f"model={model},template={structure},mode={mode},device={device}"]
         if spec.mode == "unix":
             return cmd + ["-u", "-a", spec.address, "-S", sockets_prefix]
         return cmd + ["-a", spec.address, "-p", str(spec.port)]
-    cmd = [sys.executable, "-m", "ipi_ncforces.cli", "driver", "--model", str(model), "--structure", str(structure)]
-    cmd += ["--mode", mode, "--device", device]
+    args = ["--model", model, "--structure", structure, "--mode", mode, "--device", device]
+    cmd = launch.driver_command(args)
     if spec.mode == "unix":
         return cmd + ["--unix", "--address", spec.address, "--sockets-prefix", sockets_prefix]
     return cmd + ["--address", spec.address, "--port", str(spec.port)]
@@ -222,65 +254,42 @@ def shared_mts_pair(
     with a shared backbone pass (``ipi-nc driver --mts-direct-address``): exactly two
     sockets, one conservative and one direct, same kind (unix / inet on one host), and a
     model with both heads. None otherwise."""
-    if len(sockets) != 2 or sorted(modes[s.name] for s in sockets) != ["conservative", "direct"]:
+    if len(sockets) != 2 or sorted(modes[s.name] for s in sockets) != sorted([CONSERVATIVE, DIRECT]):
         return None
-    cons, direct = sorted(sockets, key=lambda s: modes[s.name] != "conservative")
+    cons, direct = sorted(sockets, key=lambda s: modes[s.name] != CONSERVATIVE)
     if cons.mode != direct.mode or (cons.mode == "inet" and cons.address != direct.address):
         return None
-    from ipi_ncforces.models.io import load_model
+    from ipi_ncforces.models.loader import model_heads
 
     try:
-        heads = load_model(model).heads
+        heads = model_heads(model)
     except Exception:
         return None  # the drivers report a bad model themselves
-    return (cons, direct) if {"energy", "direct"} <= set(heads) else None
+    return (cons, direct) if {ENERGY_HEAD, DIRECT_HEAD} <= set(heads) else None
 
 
 def shared_driver_command(
     cons: SocketSpec, direct: SocketSpec, model: Path, structure: Path, device: str, sockets_prefix: str
 ) -> list[str]:
     """One ``ipi-nc driver`` serving both MTS sockets (conservative + direct)."""
-    cmd = driver_command(cons, "conservative", model, structure, device, sockets_prefix, "ipi-nc")
+    cmd = driver_command(cons, CONSERVATIVE, model, structure, device, sockets_prefix, "ipi-nc")
     if cons.mode == "unix":
         return cmd + ["--mts-direct-address", direct.address]
     return cmd + ["--mts-direct-port", str(direct.port)]
 
 
-def _socket_in_use(path: str) -> bool:
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        s.connect(path)
-        return True
-    except OSError:
-        return False
-    finally:
-        s.close()
-
-
 class Progress:
-    """Reads i-PI's properties file as it grows; reports step, ps, steps/s, ETA."""
+    """Follows i-PI's properties file; reports step, ps, steps/s, ETA."""
 
     def __init__(self, path: Path, total_steps: int, timestep_fs: float | None, start_step: int):
-        self.path, self.total, self.dt_fs = path, total_steps, timestep_fs
-        self.offset = 0
+        self.follower = launch.StepFollower(path)
+        self.total, self.dt_fs = total_steps, timestep_fs
         self.step = start_step
         self.t0, self.step0 = time.monotonic(), start_step
         self.started = False  # the clock starts at the first step seen (startup excluded)
-        self.step_col = 0
 
     def poll(self) -> None:
-        if not self.path.is_file():
-            return
-        with open(self.path) as fh:
-            fh.seek(self.offset)
-            chunk = fh.read()
-        end = chunk.rfind("\n") + 1
-        self.offset += len(chunk[:end].encode())
-        for line in chunk[:end].splitlines():
-            if line.startswith("#") and "--> step" in line:
-                self.step_col = int(line.split("column")[1].split("-->")[0]) - 1
-            elif line.strip() and not line.startswith("#"):
-                self.step = int(float(line.split()[self.step_col]))
+        self.step = max(self.step, self.follower.poll())
         if not self.started and self.step > self.step0:
             # the clock starts at the first rows seen: i-PI and driver start-up excluded
             self.started, self.t0, self.step0 = True, time.monotonic(), self.step
@@ -293,79 +302,29 @@ class Progress:
         return f"step {self.step}/{self.total}, {sim}{rate:.1f} steps/s, ETA {eta:.0f} s"
 
 
-class Run:
-    """One i-PI process plus its drivers, with clean shutdown in every case."""
-
-    def __init__(self, workdir: Path, quiet: bool = False):
-        self.workdir = workdir
-        self.ipi: subprocess.Popen | None = None
-        self.drivers: list[tuple[str, subprocess.Popen]] = []
-        self.logs: list = []
-        self.quiet = quiet
-        self.stop_signal: int | None = None
-
-    def _log(self, name: str):
-        fh = open(self.workdir / name, "ab")
-        self.logs.append(fh)
-        return fh
-
-    def start_ipi(self, xml: Path) -> None:
-        log = self._log("ipi.log")
-        self.ipi = subprocess.Popen(_ipi_command(xml), cwd=self.workdir, stdout=log, stderr=subprocess.STDOUT)
-
-    def start_driver(self, label: str, cmd: list[str]) -> None:
-        log = self._log(f"driver-{label}.log")
-        env = dict(os.environ)
-        # one driver = one core is the right default on a shared node; torch would take all
-        env.setdefault("OMP_NUM_THREADS", "1")
-        proc = subprocess.Popen(cmd, cwd=self.workdir, stdout=log, stderr=subprocess.STDOUT, env=env)
-        self.drivers.append((label, proc))
-
-    def ipi_tail(self, n: int = 3) -> str:
-        path = self.workdir / "ipi.log"
-        lines = [ln.strip() for ln in path.read_text(errors="replace").splitlines() if ln.strip()] if path.is_file() else []
-        return " | ".join(lines[-n:])
-
-    def stop(self, timeout_s: float = 30.0) -> None:
-        """SIGTERM i-PI (soft exit: it writes RESTART) then the drivers; kill what hangs."""
-        procs = ([self.ipi] if self.ipi else []) + [p for _, p in self.drivers]
-        if self.ipi and self.ipi.poll() is None:
-            self.ipi.send_signal(signal.SIGTERM)
-            try:
-                self.ipi.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                self.ipi.kill()
-        for _, p in self.drivers:
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + 10.0
-        for p in procs:
-            try:
-                p.wait(max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
-        for fh in self.logs:
-            fh.close()
-
-
 def _parse_mode_overrides(items: list[str]) -> dict[str, str]:
     out = {}
     for item in items:
         name, sep, mode = item.partition("=")
-        if not sep or mode not in ("conservative", "direct", "correction"):
-            raise RunError(f"--mode-for '{item}': expected NAME=conservative|direct|correction")
+        if not sep or mode not in FORCE_MODES:
+            raise RunError(f"--mode-for '{item}': expected NAME={'|'.join(FORCE_MODES)}")
         out[name] = mode
     return out
 
 
-def prepare(args: argparse.Namespace) -> tuple[Path, InputInfo, int]:
+def prepare(args: argparse.Namespace, announce: bool = True) -> tuple[Path, InputInfo, int]:
     """Write the i-PI input to run in the workdir; returns (xml path, info, start step)."""
     src = Path(args.input).resolve()
     if not src.is_file():
         raise RunError(f"input file '{args.input}' does not exist")
     workdir = Path(args.workdir or Path("runs") / src.stem).resolve()
-    workdir.mkdir(parents=True, exist_ok=True)
+    try:
+        workdir.mkdir(parents=True, exist_ok=True)
+        probe = workdir / f".ipi-nc-write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise RunError(f"--workdir '{workdir}' is not a writable folder ({exc.strerror}): choose another --workdir") from None
     from ipi_ncforces.inputs.validate import InputValidationError, validate_file
 
     try:
@@ -379,9 +338,11 @@ def prepare(args: argparse.Namespace) -> tuple[Path, InputInfo, int]:
         chk = latest_checkpoint(workdir, info)
         start_step = checkpoint_step(chk)
         tree = etree.parse(str(chk))
+        if info.structure is not None and info.structure.is_file():
+            check_template_matches_checkpoint(info.structure, chk)  # before any output is touched
         # the checkpoint's structure is embedded; its forcefields come from the original input
         truncate_outputs(workdir, info.prefix, start_step + 1)
-        if not args.quiet:
+        if announce and not args.quiet:
             print(f"resuming from {chk.name} at step {start_step}")
     root = tree.getroot()
     if args.steps is not None:
@@ -393,9 +354,11 @@ def prepare(args: argparse.Namespace) -> tuple[Path, InputInfo, int]:
     if init_file is not None and info.structure is not None:
         init_file.text = f" {info.structure} "
     for el in root.findall("ffdirect"):
-        params = el.find("parameters")
         mode = driver_mode(el.get("name"), args.mode_overrides)
-        params.text = f" {{model: {Path(args.model).resolve()}, template: {info.structure}, mode: {mode}, device: {args.device}}} "
+        el.find("pes_path").text = f" {PES_PATH} "
+        extra = "".join(f", {k}: {v}" for k, v in (("variant", args.variant), ("extensions", args.extensions)) if v)
+        el.find("parameters").text = f" {{model: {Path(args.model).resolve()}, template: {info.structure}, mode: {mode}, device: {args.device}{extra}}} "
+    _ffsockets_survive_driver_kills(tree)
     xml = workdir / ("resume.xml" if args.resume else "input.xml")
     tree.write(str(xml))
     if info.structure is None or not info.structure.is_file():
@@ -403,106 +366,245 @@ def prepare(args: argparse.Namespace) -> tuple[Path, InputInfo, int]:
     return xml, info, start_step
 
 
+def _metatomic_driver_args(args: argparse.Namespace) -> list[str]:
+    """--variant / --extensions for the drivers of a metatomic model."""
+    out = []
+    if args.variant:
+        out += ["--variant", args.variant]
+    if args.extensions:
+        out += ["--extensions", str(Path(args.extensions).resolve())]
+    return out
+
+
+def check_model(args: argparse.Namespace) -> None:
+    """RunInputError (one line, exit 2) if the model cannot serve this input's forcefields (species,
+    modes, barostat without a direct virial); nothing is written or started before."""
+    from ipi_ncforces.ipi_driver.model_check import check_model_for_input
+    from ipi_ncforces.ipi_driver.setup import SetupError
+
+    src = Path(args.input).resolve()
+    if not src.is_file():
+        raise RunInputError(f"input file '{args.input}' does not exist")
+    try:
+        tree = etree.parse(str(src))
+    except etree.XMLSyntaxError as exc:
+        raise RunInputError(f"input file '{args.input}' is not valid XML: {exc}".splitlines()[0]) from None
+    info = read_input(tree, src.parent)
+    names = [s.name for s in info.sockets] + info.ffdirect
+    modes = [driver_mode(name, args.mode_overrides) for name in names]
+    if not modes or info.structure is None or not info.structure.is_file():
+        return  # prepare() reports these
+    try:
+        check_model_for_input(
+            model_path=args.model,
+            structure_path=info.structure,
+            modes=modes,
+            input_path=args.input,
+            tree=tree,
+            device=args.device,
+            variant=args.variant,
+            extensions_directory=args.extensions,
+        )
+    except SetupError as exc:
+        raise RunInputError(str(exc)) from None
+
+
+class _Resume(Exception):
+    """i-PI cannot go on (it died, or hangs on a dead driver): restart it from the newest checkpoint."""
+
+
+def _ffsockets_survive_driver_kills(tree: etree._ElementTree) -> None:
+    """Set ``consolidate_messages`` false on every ``<ffsocket>`` that does not choose: i-PI
+    3.3.1's consolidated poller dies when a SIGKILLed driver resets its connection (i-PI then
+    hangs), its threaded dispatcher requeues the request for the next driver instead.
+    Batched sockets (``batch_size`` > 1) need consolidated messages: there a dead driver
+    is recovered by the hang detection (restart from the checkpoint)."""
+    for el in tree.getroot().findall("ffsocket"):
+        if el.find("consolidate_messages") is None and int(_text(el.find("batch_size")) or 1) <= 1:
+            etree.SubElement(el, "consolidate_messages").text = " false "
+
+
 def run(args: argparse.Namespace) -> int:
-    """The whole run; returns the exit code."""
-    args.mode_overrides = _parse_mode_overrides(args.mode_for)
-    model = Path(args.model).resolve()
-    if not model.is_file():
-        raise RunError(f"model file '{args.model}' (--model) does not exist")
-    xml, info, start_step = prepare(args)
+    """The whole run; returns the exit code. RunInputError for bad input (options, files,
+    a model that cannot serve the input), found before anything is started. A driver that
+    dies is replaced, and an i-PI that dies or hangs is restarted from its newest
+    checkpoint, at most ``--max-restarts`` times (one line on stderr per recovery)."""
+    try:
+        args.mode_overrides = _parse_mode_overrides(args.mode_for)
+        model = Path(args.model).resolve()
+        if not model.is_file():
+            raise RunError(f"model file '{args.model}' (--model) does not exist")
+        check_model(args)  # before anything is written: a bad model leaves earlier outputs alone
+        xml, info, start_step = prepare(args)
+        modes = {s.name: driver_mode(s.name, args.mode_overrides) for s in info.sockets}
+    except RunError as exc:
+        raise RunInputError(str(exc)) from None
     workdir = xml.parent
     if not args.resume:
         for stale in [workdir / "RESTART"] + list(workdir.glob(f"{info.prefix}.*")):
             if stale.is_file():
                 stale.unlink()  # a fresh run must not be mistaken for a continuation
-    modes = {s.name: driver_mode(s.name, args.mode_overrides) for s in info.sockets}
-    for s in info.sockets:
-        path = info.sockets_prefix + s.address
-        if s.mode == "unix" and os.path.exists(path):
-            if _socket_in_use(path):
-                raise RunError(f"unix socket '{path}' is in use by another run: change the run name / <address>")
-            os.unlink(path)  # left over by a killed i-PI
-    r = Run(workdir, quiet=args.quiet)
+    stop_signal: list[int] = []
     previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
-
-    def on_signal(signum, frame):
-        r.stop_signal = signum
-
     for sig in previous:
-        signal.signal(sig, on_signal)
+        signal.signal(sig, lambda signum, frame: stop_signal.append(signum))
+    recoveries = [0]  # shared count of driver replacements and i-PI restarts
     try:
-        r.start_ipi(xml)
-        deadline = time.monotonic() + args.startup_timeout
+        while True:
+            try:
+                return _launch(args, xml, info, start_step, model, modes, stop_signal, recoveries)
+            except _Resume as exc:
+                recoveries[0] += 1
+                args.resume = True
+                try:
+                    xml, info, start_step = prepare(args, announce=False)
+                except RunError as err:
+                    raise RunError(f"{exc}; cannot resume: {err}") from None
+                print(
+                    f"ipi-nc run: recovery {recoveries[0]}/{args.max_restarts}: {exc}; "
+                    f"restarting i-PI and the drivers from the checkpoint at step {start_step}",
+                    file=sys.stderr, flush=True,
+                )
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _launch(args, xml: Path, info: InputInfo, start_step: int, model: Path, modes: dict[str, str],
+            stop_signal: list[int], recoveries: list[int]) -> int:
+    """Start i-PI on ``xml`` and its drivers, follow to the end; always stops what it started."""
+    workdir = xml.parent
+    try:
         for s in info.sockets:
-            if s.mode != "unix":
-                continue  # inet: the drivers retry until i-PI listens (--connect-timeout)
-            while not os.path.exists(info.sockets_prefix + s.address):
-                if r.ipi.poll() is not None:
-                    raise RunError(f"i-PI exited (code {r.ipi.returncode}) before opening its sockets: {r.ipi_tail()}")
-                if time.monotonic() > deadline or r.stop_signal:
-                    raise RunError(f"i-PI did not open socket '{info.sockets_prefix + s.address}' within {args.startup_timeout:g} s")
-                time.sleep(0.05)
+            if s.mode == "unix":
+                launch.clear_stale_socket(s.address, info.sockets_prefix)
+    except launch.LaunchError as exc:
+        raise RunError(str(exc)) from None
+    threads = int(os.environ.get("OMP_NUM_THREADS") or 1)  # one driver = one core unless told otherwise
+    ipi, drivers = None, []
+    try:
+        ipi = launch.start_ipi(xml, workdir, threads=threads)
+        sockets = [(s.mode, s.address, s.port) for s in info.sockets]
+        launch.wait_for_sockets(ipi, sockets, args.startup_timeout, info.sockets_prefix, lambda: bool(stop_signal))
         pair = None
         if args.driver == "ipi-nc" and args.shared_mts_driver:
             pair = shared_mts_pair(info.sockets, modes, model)
         if pair is not None:  # MTS: one process per driver serves both sockets, one backbone pass
-            for k in range(args.drivers):
-                cmd = shared_driver_command(*pair, model, info.structure, args.device, info.sockets_prefix)
-                r.start_driver(f"{pair[0].name}+{pair[1].name}-{k}", cmd)
+            commands = {
+                f"{pair[0].name}+{pair[1].name}-{k}": shared_driver_command(*pair, model, info.structure, args.device, info.sockets_prefix)
+                for k in range(args.drivers)
+            }
         else:
-            for s in info.sockets:
-                for k in range(args.drivers):
-                    cmd = driver_command(s, modes[s.name], model, info.structure, args.device, info.sockets_prefix, args.driver)
-                    r.start_driver(f"{s.name}-{k}", cmd)
-        progress = None
-        if info.properties_file and not args.quiet:
-            progress = Progress(workdir / info.properties_file, info.total_steps, info.timestep_fs, start_step)
-        last_print = time.monotonic()
-        exit_seen = 0.0
-        while True:
-            if r.stop_signal:
-                name = signal.Signals(r.stop_signal).name
-                print(f"ipi-nc run: {name} received, stopping i-PI (it writes RESTART) and the drivers; continue with --resume", file=sys.stderr)
-                return 128 + r.stop_signal
-            code = r.ipi.poll()
-            if code is not None:
-                if code != 0:
-                    raise RunError(f"i-PI exited with code {code}: {r.ipi_tail()} (see {workdir / 'ipi.log'})")
-                # finished: the drivers got EXIT and stop on their own
-                for label, p in r.drivers:
-                    try:
-                        p.wait(30)
-                    except subprocess.TimeoutExpired:
-                        pass
-                if progress:
-                    progress.poll()
-                    print(progress.line())
-                print(f"ipi-nc run: finished; outputs in {workdir}")
-                return 0
-            for label, p in r.drivers:
-                if p.poll() == 0:
-                    # exit 0 = the driver got i-PI's EXIT: i-PI is finishing, give it time to write its files
-                    exit_seen = exit_seen or time.monotonic()
-                    if time.monotonic() - exit_seen > IPI_EXIT_GRACE_S:
-                        raise RunError(
-                            f"i-PI sent EXIT to driver '{label}' but is still running after {IPI_EXIT_GRACE_S:.0f} s "
-                            f"(see {workdir / 'ipi.log'})"
-                        )
-                elif p.poll() is not None:
-                    raise RunError(
-                        f"driver '{label}' exited with code {p.returncode} while i-PI was running "
-                        f"(see {workdir / f'driver-{label}.log'}); i-PI stopped, continue with --resume"
-                    )
-            if progress:
-                progress.poll()  # every loop: the steps/s clock must see the first rows early
-            if progress and time.monotonic() - last_print >= args.progress_every:
-                print(progress.line(), flush=True)
-                last_print = time.monotonic()
-            time.sleep(0.1)
+            commands = {
+                f"{s.name}-{k}": driver_command(s, modes[s.name], model, info.structure, args.device, info.sockets_prefix, args.driver)
+                for s in info.sockets
+                for k in range(args.drivers)
+            }
+        if args.driver == "ipi-nc":
+            commands = {label: cmd + _metatomic_driver_args(args) for label, cmd in commands.items()}
+        for label, cmd in commands.items():
+            drivers.append(launch.start_process(cmd, workdir, f"driver-{label}.log", threads, label))
+        return _follow(args, ipi, drivers, commands, threads, info, start_step, stop_signal, recoveries)
+    except launch.LaunchError as exc:
+        raise RunError(str(exc)) from None
     finally:
-        r.stop()
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+        launch.stop_run(ipi, drivers, ipi_grace_s=min(30.0, args.hang_timeout))
+
+
+WRITE_ERRORS = ("No space left on device", "Disk quota exceeded", "File too large", "Input/output error", "Read-only file system")
+
+
+def _write_error(ipi: launch.Process) -> str:
+    """The write error (disk full, quota, file size limit, I/O error) i-PI's log ends with; '' if none."""
+    tail = ipi.log_tail(30)
+    return next((word for word in WRITE_ERRORS if word in tail), "")
+
+
+def _follow(args, ipi: launch.Process, drivers: list[launch.Process], commands: dict[str, list[str]], threads: int,
+            info: InputInfo, start_step: int, stop_signal: list[int], recoveries: list[int]) -> int:
+    """Print progress until i-PI finishes (0) or a signal arrives (128 + signal). A driver
+    that dies is replaced; _Resume when i-PI dies or makes no step for ``--hang-timeout`` s
+    after a driver died; RunError once ``--max-restarts`` recoveries are used up."""
+    workdir = ipi.log_path.parent
+    follower = launch.StepFollower(workdir / info.properties_file) if info.properties_file else None
+    progress = None
+    if info.properties_file and not args.quiet:
+        progress = Progress(workdir / info.properties_file, info.total_steps, info.timestep_fs, start_step)
+    last_print = time.monotonic()
+    exit_seen = 0.0
+    stalled_since, stalled_step = None, -1  # a driver died: when, and the last step then
+    while True:
+        if stop_signal:
+            name = signal.Signals(stop_signal[0]).name
+            print(f"ipi-nc run: {name} received, stopping i-PI (it writes RESTART) and the drivers; continue with --resume", file=sys.stderr)
+            return 128 + stop_signal[0]
+        code = ipi.returncode
+        if code is not None:
+            if code == -signal.SIGXFSZ:
+                raise RunError(
+                    f"i-PI was stopped by SIGXFSZ, its outputs in '{workdir}' reached the file size limit (ulimit -f): "
+                    f"raise the limit or free space, then continue with --resume"
+                )
+            if code != 0 and _write_error(ipi):
+                raise RunError(
+                    f"i-PI could not write its outputs in '{workdir}' ({_write_error(ipi)}): free space or raise "
+                    f"the limit, then continue with --resume (see {ipi.log_path})"
+                )
+            if code > 0:  # an error i-PI reported: a retry would repeat it
+                raise RunError(f"i-PI exited with code {code}: {ipi.log_tail()} (see {ipi.log_path})")
+            if code != 0:  # killed by a signal: restart from the checkpoint
+                reason = f"i-PI exited with code {code}: {ipi.log_tail()} (see {ipi.log_path})"
+                if recoveries[0] >= args.max_restarts:
+                    raise RunError(reason + ("; continue with --resume" if args.max_restarts == 0 else ""))
+                raise _Resume(f"i-PI exited with code {code}")
+            for driver in drivers:  # finished: the drivers got EXIT and stop on their own
+                try:
+                    driver.wait(30)
+                except TimeoutError:
+                    pass
+            if progress:
+                progress.poll()
+                print(progress.line())
+            print(f"ipi-nc run: finished; outputs in {workdir}")
+            return 0
+        step = follower.poll() if follower else -1
+        if stalled_since is not None and step > stalled_step:
+            stalled_since = None  # steps advance again: the recovery worked
+        if stalled_since is not None and time.monotonic() - stalled_since > args.hang_timeout:
+            message = f"i-PI made no step for {args.hang_timeout:g} s after a driver died (see {ipi.log_path})"
+            if recoveries[0] >= args.max_restarts:
+                raise RunError(message + "; continue with --resume")
+            raise _Resume(f"i-PI made no step for {args.hang_timeout:g} s after a driver died")
+        for k, driver in enumerate(drivers):
+            if driver.returncode == 0:
+                # exit 0 = the driver got i-PI's EXIT: i-PI is finishing, give it time to write its files
+                exit_seen = exit_seen or time.monotonic()
+                if time.monotonic() - exit_seen > launch.IPI_EXIT_GRACE_S:
+                    raise RunError(
+                        f"i-PI sent EXIT to driver '{driver.label}' but is still running after "
+                        f"{launch.IPI_EXIT_GRACE_S:.0f} s (see {ipi.log_path})"
+                    )
+            elif driver.returncode is not None:
+                if not ipi.running():
+                    break  # i-PI died first, the driver only followed it: handled above next round
+                reason = f"driver '{driver.label}' exited with code {driver.returncode} while i-PI was running (see {driver.log_path})"
+                if driver.returncode > 0:  # the driver reported an error (NaN forces, bad model): a new one would repeat it
+                    errors = [ln.strip() for ln in driver.log_text().splitlines() if "error:" in ln]
+                    raise RunError(f"{reason}: {errors[-1] if errors else driver.log_tail(1)}; i-PI stopped")
+                if recoveries[0] >= args.max_restarts:
+                    raise RunError(f"{reason}; i-PI stopped, continue with --resume")
+                recoveries[0] += 1
+                print(f"ipi-nc run: recovery {recoveries[0]}/{args.max_restarts}: {reason} at step {step}; starting a new driver",
+                      file=sys.stderr, flush=True)
+                drivers[k] = launch.start_process(commands[driver.label], workdir, driver.log_path.name, threads, driver.label)
+                if stalled_since is None:
+                    stalled_since, stalled_step = time.monotonic(), step
+        if progress:
+            progress.poll()  # every loop: the steps/s clock must see the first rows early
+        if progress and time.monotonic() - last_print >= args.progress_every:
+            print(progress.line(), flush=True)
+            last_print = time.monotonic()
+        time.sleep(0.1)
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -513,8 +615,10 @@ def make_parser() -> argparse.ArgumentParser:
         "corr/correction -> correction. Logs: WORKDIR/ipi.log, WORKDIR/driver-*.log.",
     )
     p.add_argument("input", help="i-PI input XML (e.g. inputs/nve/nve-mts.xml)")
-    p.add_argument("--model", required=True, help="model file (.pt) served by the drivers / ffdirect")
+    p.add_argument("--model", required=True, help="model file served by the drivers / ffdirect: ipi-ncforces .pt or metatomic export")
     p.add_argument("--device", default="cpu", help="torch device for the drivers: cpu, cuda, cuda:K (default cpu)")
+    p.add_argument("--variant", help="metatomic models: output variant (energy/VARIANT, non_conservative_force/VARIANT)")
+    p.add_argument("--extensions", metavar="DIR", help="metatomic models: directory with the model's TorchScript extensions")
     p.add_argument("--drivers", type=int, default=1, help="driver processes per socket (default 1)")
     p.add_argument("--workdir", help="run directory (default runs/<input stem>)")
     p.add_argument("--steps", type=int, help="override <total_steps> (outer steps)")
@@ -528,6 +632,12 @@ def make_parser() -> argparse.ArgumentParser:
         "serves both sockets and shares the backbone pass at outer steps (measured ~5%% faster at 192 atoms "
         "on CPU) instead of one process per socket",
     )
+    p.add_argument("--max-restarts", type=int, default=3, metavar="N",
+                   help="recoveries allowed: a dead driver is replaced, a dead or hung i-PI restarted from its newest "
+                   "checkpoint (default 3; 0 = stop at the first failure)")
+    p.add_argument("--hang-timeout", type=float, default=60.0, metavar="S",
+                   help="seconds without a new step after a driver died before i-PI counts as hung and is "
+                   "restarted from its checkpoint (default 60)")
     p.add_argument("--progress-every", type=float, default=5.0, help="seconds between progress lines (default 5)")
     p.add_argument("--startup-timeout", type=float, default=120.0, help="seconds to wait for i-PI's sockets (default 120)")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
@@ -541,6 +651,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return run(args)
+    except RunInputError as exc:
+        print(f"ipi-nc run: {exc}", file=sys.stderr)
+        return 2
     except RunError as exc:
         print(f"ipi-nc run: {exc}", file=sys.stderr)
         return 1

@@ -33,6 +33,7 @@ import numpy as np
 from ipi_ncforces.ipi_driver.client import IPIClient, StopRequested, connect, socket_description
 from ipi_ncforces.ipi_driver.evaluator import ForceError, ForceEvaluator
 from ipi_ncforces.ipi_driver.setup import SetupError, build_evaluator, default_skin_ang
+from ipi_ncforces.models.modes import CONSERVATIVE, DIRECT
 
 MAX_CACHED = 256  # direct replies kept for the direct socket (>= beads per step; oldest dropped)
 
@@ -200,6 +201,9 @@ def build_shared_pass(
     remove_net_force: bool = False,
     extras_other_head: bool = False,
     neighbor_skin_ang: float | None = None,
+    variant: str | None = None,
+    extensions_directory: str | None = None,
+    check_consistency: bool = False,
 ) -> SharedPass:
     """Load the model once; a conservative and a direct evaluator on it (SetupError if the
     model lacks the direct head or anything else is wrong, one line)."""
@@ -207,18 +211,21 @@ def build_shared_pass(
     conservative = build_evaluator(
         model_path=model_path,
         structure_path=structure_path,
-        mode="conservative",
+        mode=CONSERVATIVE,
         device=device,
         dtype=dtype,
         remove_net_force=remove_net_force,
         extras_other_head=extras_other_head,
         neighbor_skin_ang=skin,
+        variant=variant,
+        extensions_directory=extensions_directory,
+        check_consistency=check_consistency,
     )
     try:
         direct = ForceEvaluator(
-            conservative.model,
+            conservative.backend,
             conservative.species.cpu().numpy(),
-            "direct",
+            DIRECT,
             remove_net_force=remove_net_force,
             extras_other_head=extras_other_head,
             neighbor_skin_ang=skin,
@@ -272,8 +279,8 @@ def serve_shared(
     On a failure or a signal the other side's socket is closed once it is idle (at most
     60 s of waiting for a request in flight)."""
     sides = [
-        _Side("conservative", unix, conservative_address, conservative_port, shared.conservative),
-        _Side("direct", unix, direct_address, direct_port, shared.direct),
+        _Side(CONSERVATIVE, unix, conservative_address, conservative_port, shared.conservative),
+        _Side(DIRECT, unix, direct_address, direct_port, shared.direct),
     ]
     done: queue.Queue[_Side] = queue.Queue()
 

@@ -13,8 +13,9 @@ import sys
 # subcommand -> ("module:function", one-line summary). Each function takes argv.
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "train": ("ipi_ncforces.models.train:main", "train a C / NC / M potential on an extxyz file"),
-    "reference-data": ("ipi_ncforces.models.reference_data:main", "generate q-TIP4P/F water training data with i-PI"),
+    "reference-data": ("ipi_ncforces.ipi_driver.reference_data:main", "generate q-TIP4P/F water training data with i-PI"),
     "driver": ("ipi_ncforces.ipi_driver.cli:main", "serve model forces to a running i-PI over a socket"),
+    "export": ("ipi_ncforces.models.metatomic_export:main", "write a C / NC / M model as a metatomic TorchScript file"),
     "run": ("ipi_ncforces.ipi_driver.runner:main", "start i-PI and its drivers for an input, show progress"),
     "inputs": ("ipi_ncforces.inputs.cli:main", "write and validate i-PI inputs (NVE/NVT/PIMD/MTS/geop)"),
     "analyze": ("ipi_ncforces.analysis.cli:main", "drift, temperatures, spectra, diffusion, g(r), geop, jacobian"),

@@ -7,9 +7,16 @@ tools and benchmarks only call :func:`ipi_ncforces.models.base.evaluate` on a
 
 from pathlib import Path
 
-from ipi_ncforces.models.base import Batch, Prediction, PotentialModel, evaluate
-
 SHIPPED_MODELS_DIR = Path(__file__).resolve().parent / "data"
 """The shipped models (``water-{c,nc,m}.pt``) and their summary ``water-models.json``."""
+
+
+def __getattr__(name: str):
+    # lazy, so that the torch-free modules (modes, units, structure_io) import without torch
+    if name in ("Batch", "Prediction", "PotentialModel", "evaluate"):
+        from ipi_ncforces.models import base
+
+        return getattr(base, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 __all__ = ["Batch", "Prediction", "PotentialModel", "evaluate", "SHIPPED_MODELS_DIR"]

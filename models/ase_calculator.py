@@ -7,22 +7,22 @@
 Units are ASE's: energy eV, forces eV/A, stress eV/A^3 (Voigt order xx, yy, zz, yz, xz, xy).
 ``forces="conservative"``: F = -dE/dr and stress = -W/V from the virial W = -dE/dstrain
 (autograd, ipi_ncforces.models.base.evaluate). ``forces="direct"``: the direct head (no autograd graph);
-the energy comes from the energy head if the model has one (else it is reported as 0 eV,
-and ``calc.results`` carries ``energy_available=False``); stress only if the model
-predicts a direct virial.
+the energy comes from the energy head if the model has one, stress from the direct virial
+if the model predicts one. What a model cannot give is left out of ``implemented_properties``
+(ASE's convention), so asking for it raises ``PropertyNotImplementedError``; e.g. a
+direct-only model has no energy.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import torch
 from ase.calculators.calculator import Calculator, PropertyNotImplementedError, all_changes
+from ase.stress import full_3x3_to_voigt_6_stress
 
-from ipi_ncforces.models.base import DIRECT_HEAD, ENERGY_HEAD, Batch, PotentialModel, evaluate
-
-FORCE_MODES = ("conservative", "direct")
+from ipi_ncforces.models.base import ENERGY_HEAD, Batch, PotentialModel, evaluate
+from ipi_ncforces.models.modes import CONSERVATIVE, HEADS_FOR_MODE, SINGLE_FORCE_MODES
 
 
 class ModelCalculator(Calculator):
@@ -31,6 +31,9 @@ class ModelCalculator(Calculator):
     model: the potential (already on ``device``/``dtype`` or moved there here).
     forces: "conservative" (F = -dE/dr) or "direct" (the model's direct head).
     device: torch device string; dtype: torch.float64 (default) or torch.float32.
+    implemented_properties (per instance): forces always; energy and free_energy when
+    conservative or the model has an energy head; stress (periodic cells only) when
+    conservative or the model predicts a direct virial.
     """
 
     implemented_properties = ["energy", "free_energy", "forces", "stress"]
@@ -38,27 +41,35 @@ class ModelCalculator(Calculator):
     def __init__(
         self,
         model: PotentialModel,
-        forces: str = "conservative",
+        forces: str = CONSERVATIVE,
         device: str = "cpu",
         dtype: torch.dtype = torch.float64,
         **kwargs,
     ):
         super().__init__(**kwargs)
-        if forces not in FORCE_MODES:
-            raise ValueError(f"forces='{forces}' is not one of {', '.join(FORCE_MODES)}")
-        model.require_head(ENERGY_HEAD if forces == "conservative" else DIRECT_HEAD)
+        if forces not in SINGLE_FORCE_MODES:
+            raise ValueError(f"forces='{forces}' is not one of {', '.join(SINGLE_FORCE_MODES)}")
+        for head in HEADS_FOR_MODE[forces]:
+            model.require_head(head)
         self.model = model.to(device=device, dtype=dtype).eval()
         self.force_mode = forces
         self.device = device
         self.dtype = dtype
+        conservative = forces == CONSERVATIVE
+        self.energy_available = conservative or ENERGY_HEAD in model.heads
+        self.implemented_properties = ["forces"]
+        if self.energy_available:
+            self.implemented_properties += ["energy", "free_energy"]
+        if conservative or model.predicts_direct_virial:
+            self.implemented_properties.append("stress")
 
     @classmethod
-    def from_file(cls, path: str | Path, forces: str = "conservative", device: str = "cpu", dtype=torch.float64):
+    def from_file(cls, path: str | Path, forces: str = CONSERVATIVE, device: str = "cpu", dtype=torch.float64):
         """Load a model file (ipi_ncforces.models.io.save_model) and wrap it; ModelFileError if it lacks the head."""
         from ipi_ncforces.models.io import load_model
 
-        head = ENERGY_HEAD if forces == "conservative" else DIRECT_HEAD
-        return cls(load_model(path, require_heads=(head,), device=device, dtype=dtype), forces, device, dtype)
+        heads = HEADS_FOR_MODE.get(forces, ())
+        return cls(load_model(path, require_heads=heads, device=device, dtype=dtype), forces, device, dtype)
 
     def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes) -> None:
         super().calculate(atoms, properties, system_changes)
@@ -69,28 +80,17 @@ class ModelCalculator(Calculator):
         if want_stress and not periodic:
             raise PropertyNotImplementedError("stress needs a periodic cell (pbc=True in all directions)")
 
-        if self.force_mode == "conservative":
+        if self.force_mode == CONSERVATIVE:
             p = evaluate(self.model, batch, conservative=True, virial=periodic)
             energy, forces, virial = p.energy, p.forces, p.virial
-            energy_available = True
         else:
-            energy_available = ENERGY_HEAD in self.model.heads
-            p = evaluate(self.model, batch, conservative=False, direct=True, energy=energy_available)
-            energy = p.energy if energy_available else torch.zeros(1)
-            forces, virial = p.direct_forces, p.direct_virial
-            if want_stress and virial is None:
-                raise PropertyNotImplementedError("this model predicts no direct stress; use forces='conservative'")
+            p = evaluate(self.model, batch, conservative=False, direct=True, energy=self.energy_available)
+            energy, forces, virial = p.energy, p.direct_forces, p.direct_virial
 
-        energy_ev = float(energy.detach().cpu()[0])
-        self.results = {
-            "energy": energy_ev,
-            "free_energy": energy_ev,
-            "forces": forces.detach().to("cpu", torch.float64).numpy()[0],
-            "energy_available": energy_available,
-        }
+        self.results = {"forces": forces.detach().to("cpu", torch.float64).numpy()[0]}
+        if energy is not None:
+            self.results["energy"] = self.results["free_energy"] = float(energy.detach().cpu()[0])
         if periodic and virial is not None:
             # ASE convention: stress = (1/V) dE/dstrain = -W/V
             sigma = -virial.detach().to("cpu", torch.float64).numpy()[0] / atoms.cell.volume
-            self.results["stress"] = np.array(
-                [sigma[0, 0], sigma[1, 1], sigma[2, 2], sigma[1, 2], sigma[0, 2], sigma[0, 1]]
-            )
+            self.results["stress"] = full_3x3_to_voigt_6_stress(sigma)

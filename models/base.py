@@ -19,8 +19,7 @@ from typing import ClassVar
 
 import torch
 
-ENERGY_HEAD = "energy"
-DIRECT_HEAD = "direct"
+from ipi_ncforces.models.modes import DIRECT_HEAD, ENERGY_HEAD
 
 
 @dataclass
@@ -89,21 +88,47 @@ class Prediction:
 
 
 class PotentialModel(torch.nn.Module):
-    """Base class: subclasses set ``heads``, ``species`` (atomic numbers), ``cutoff`` (A)
-    and implement :meth:`forward`.
+    """Base class of every model; subclasses implement :meth:`forward` and :meth:`config`.
 
     ``forward(batch, heads)`` returns a dict with the requested heads from ONE backbone pass:
     ``"energy"`` -> (B,) eV (differentiable w.r.t. positions and cells);
-    ``"direct_forces"`` -> (B, N, 3) eV/A; optionally ``"direct_virial"`` -> (B, 3, 3) eV.
+    ``"direct_forces"`` -> (B, N, 3) eV/A; and ``"direct_virial"`` -> (B, 3, 3) eV exactly
+    when :attr:`predicts_direct_virial` is True.
+
+    Attributes every model has:
+    heads: the heads it can serve, a subset of (ENERGY_HEAD, DIRECT_HEAD).
+    species: atomic numbers it knows. cutoff: interaction range (A).
+    predicts_direct_virial: whether the direct head also returns ``"direct_virial"`` (eV).
+    device, dtype: where its tensors live (properties, follow ``.to()``).
     """
 
     heads: tuple[str, ...] = ()
+    predicts_direct_virial: bool = False
     model_type: ClassVar[str] = "base"
 
     def __init__(self, species: tuple[int, ...], cutoff: float):
         super().__init__()
         self.species = tuple(int(z) for z in species)
         self.cutoff = float(cutoff)
+
+    @property
+    def device(self) -> torch.device:
+        """Device of all parameters and buffers (ValueError if they are split over several);
+        CPU for a model without tensors (an analytic model runs where its input is)."""
+        devices = {t.device for t in (*self.parameters(), *self.buffers())}
+        if len(devices) > 1:
+            raise ValueError(f"{type(self).__name__} has tensors on several devices: {sorted(map(str, devices))}")
+        return devices.pop() if devices else torch.device("cpu")
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """Dtype of the parameters (ValueError if they differ), of the floating buffers for a
+        model without parameters, float64 for one with neither (an analytic model computes
+        in its input's dtype)."""
+        dtypes = {t.dtype for t in self.parameters()} or {t.dtype for t in self.buffers() if t.is_floating_point()}
+        if len(dtypes) > 1:
+            raise ValueError(f"{type(self).__name__} has tensors of several dtypes: {sorted(map(str, dtypes))}")
+        return dtypes.pop() if dtypes else torch.float64
 
     def forward(self, batch: Batch, heads: tuple[str, ...]) -> dict[str, torch.Tensor]:  # pragma: no cover
         raise NotImplementedError

@@ -17,6 +17,7 @@ from ipi_ncforces.models.base import PotentialModel
 
 FORMAT = "ipi-ncforces-model"
 VERSION = 1
+MAKE_ONE = "make a model with 'ipi-nc train' or 'ipi-nc export', or pass a metatomic export ('mtt export')"
 
 # model_type -> "module:Class"; imported lazily so that loading one kind needs no other
 MODEL_TYPES: dict[str, str] = {
@@ -77,11 +78,13 @@ def load_model(
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many kinds for a non-torch file
         raise ModelFileError(
-            f"'{path}' is not an ipi-ncforces model file ({type(exc).__name__}); "
-            "make one with 'ipi-nc train' or ipi_ncforces.models.io.save_model"
+            f"'{path}' is not an ipi-ncforces model file and not a metatomic model ({type(exc).__name__}); "
+            f"{MAKE_ONE}"
         ) from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise ModelFileError(f"'{path}' is not an ipi-ncforces model file (no '{FORMAT}' header)")
+        raise ModelFileError(
+            f"'{path}' is not an ipi-ncforces model file (no '{FORMAT}' header) and not a metatomic model; {MAKE_ONE}"
+        )
     model_type = payload.get("model_type")
     if model_type not in MODEL_TYPES:
         raise ModelFileError(f"'{path}' holds unknown model type '{model_type}' (known: {', '.join(MODEL_TYPES)})")

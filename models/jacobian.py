@@ -28,28 +28,28 @@ from dataclasses import dataclass
 import torch
 
 from ipi_ncforces.models.base import DIRECT_HEAD, ENERGY_HEAD, Batch, PotentialModel, evaluate
-
-FORCE_HEADS = ("conservative", "direct")
+from ipi_ncforces.models.modes import CONSERVATIVE, HEADS_FOR_MODE, SINGLE_FORCE_MODES
 
 
 def _check_head(model: PotentialModel, head: str) -> None:
-    if head not in FORCE_HEADS:
-        raise ValueError(f"force head must be one of {FORCE_HEADS}, not '{head}'")
-    model.require_head(ENERGY_HEAD if head == "conservative" else DIRECT_HEAD)
+    if head not in SINGLE_FORCE_MODES:
+        raise ValueError(f"force head must be one of {SINGLE_FORCE_MODES}, not '{head}'")
+    for needed in HEADS_FOR_MODE[head]:
+        model.require_head(needed)
 
 
 def _forces_with_graph(model: PotentialModel, batch: Batch, positions: torch.Tensor, head: str) -> torch.Tensor:
     """(N, 3) eV/A forces of structure 0 as a differentiable function of ``positions`` (N, 3)."""
     structure = Batch(batch.species, positions.unsqueeze(0), batch.cells[:1])
     with torch.enable_grad():
-        if head == "conservative":
+        if head == CONSERVATIVE:
             energy = model(structure, (ENERGY_HEAD,))["energy"].sum()
             (grad,) = torch.autograd.grad(energy, positions, create_graph=True)
             return -grad[0] if grad.dim() == 3 else -grad
         return model(structure, (DIRECT_HEAD,))["direct_forces"][0]
 
 
-def force_jacobian(model: PotentialModel, batch: Batch, head: str = "conservative", chunk: int = 64) -> torch.Tensor:
+def force_jacobian(model: PotentialModel, batch: Batch, head: str = CONSERVATIVE, chunk: int = 64) -> torch.Tensor:
     """J = dF/dr (eV/A^2) of the first structure of ``batch``, shape (3N, 3N).
 
     Row ``3 i + a`` is the derivative of F_{i a}; column ``3 j + b`` is r_{j b}.
@@ -112,13 +112,13 @@ def pair_asymmetry(jacobian: torch.Tensor, batch: Batch, min_block_norm_ev_per_a
 
 def minimum_image_distances(batch: Batch, i: torch.Tensor, j: torch.Tensor) -> torch.Tensor:
     """(P,) A distances between atoms i and j of structure 0 (minimum image if periodic)."""
+    from ase.geometry import find_mic
+
     positions = batch.positions[0].detach()
-    d = positions[j] - positions[i]
-    cell = batch.cells[0].detach().to(d.dtype)
+    d = (positions[j] - positions[i]).to("cpu", torch.float64).numpy()
     if bool(batch.periodic()[0]):
-        fractional = d @ torch.linalg.inv(cell)
-        d = (fractional - torch.round(fractional)) @ cell
-    return d.norm(dim=1)
+        d, _ = find_mic(d, batch.cells[0].detach().to("cpu", torch.float64).numpy(), pbc=True)
+    return torch.from_numpy(d).norm(dim=1).to(positions)
 
 
 def bin_pair_asymmetry(pairs: PairAsymmetry, bin_width_ang: float = 0.5) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -197,7 +197,7 @@ def bond_stretch_pattern(positions: torch.Tensor, anchor: int, moving: int) -> t
     return pattern
 
 
-def path_forces(model: PotentialModel, batch: Batch, path: ClosedPath, head: str = "conservative", chunk: int = 16) -> torch.Tensor:
+def path_forces(model: PotentialModel, batch: Batch, path: ClosedPath, head: str = CONSERVATIVE, chunk: int = 16) -> torch.Tensor:
     """Forces (n, N, 3) eV/A of ``head`` at every path point (species and cell of ``batch``)."""
     _check_head(model, head)
     out = []
@@ -205,14 +205,14 @@ def path_forces(model: PotentialModel, batch: Batch, path: ClosedPath, head: str
         pos = path.positions[start : start + chunk]
         cells = batch.cells[:1].expand(pos.shape[0], 3, 3)
         points = Batch(batch.species, pos, cells)
-        if head == "conservative":
+        if head == CONSERVATIVE:
             out.append(evaluate(model, points, virial=False).forces.detach())
         else:
             out.append(evaluate(model, points, conservative=False, direct=True, energy=False).direct_forces.clone())
     return torch.cat(out)
 
 
-def closed_path_work_ev(model: PotentialModel, batch: Batch, path: ClosedPath, head: str = "conservative") -> float:
+def closed_path_work_ev(model: PotentialModel, batch: Batch, path: ClosedPath, head: str = CONSERVATIVE) -> float:
     """W = oint F . dr (eV) around ``path``, by the periodic trapezoid rule in t
     (spectrally accurate for a smooth closed path). Zero for a conservative force."""
     forces = path_forces(model, batch, path, head)

@@ -39,7 +39,6 @@ def generate_interim_data(
     every ``stride`` steps after 50 fs, labelled with the reference (energy eV, forces eV/A)."""
     import ase.io
     import numpy as np
-    from ase import units
     from ase.calculators.singlepoint import SinglePointCalculator
     from ase.md.langevin import Langevin
     from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
@@ -48,10 +47,11 @@ def generate_interim_data(
 
     from ipi_ncforces.models.ase_calculator import ModelCalculator
     from ipi_ncforces.models.qtip4pf import QTIP4PF
+    from ipi_ncforces.models.structure_io import read_structure
+    from ipi_ncforces.models.units import ASE_TIME_PER_FS
 
     torch.set_num_threads(1)
-    start = ase.io.read(HERE.parent / "inputs" / "water64.xyz")
-    start.pbc = True
+    start = read_structure(HERE.parent / "inputs" / "water64.xyz")
     frames = []
     shares = [n_frames // len(temperatures_k)] * len(temperatures_k)
     shares[0] += n_frames - sum(shares)
@@ -60,7 +60,7 @@ def generate_interim_data(
         atoms.calc = ModelCalculator(QTIP4PF(), forces="conservative")
         MaxwellBoltzmannDistribution(atoms, temperature_K=temperature_k, rng=np.random.default_rng(seed + 2 * k))
         dynamics = Langevin(
-            atoms, 0.5 * units.fs, temperature_K=temperature_k, friction=0.01 / units.fs, rng=np.random.default_rng(seed + 2 * k + 1)
+            atoms, 0.5 * ASE_TIME_PER_FS, temperature_K=temperature_k, friction=0.01 / ASE_TIME_PER_FS, rng=np.random.default_rng(seed + 2 * k + 1)
         )
         dynamics.run(100)  # 50 fs to leave the start structure / heat up
         for _ in range(count):
@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
         generate_interim_data(Path(args.data), args.generate_frames)
     if not Path(args.data).is_file():
         print(f"make_shipped: training data '{args.data}' not found; generate it with 'ipi-nc reference-data'", file=sys.stderr)
-        return 1
+        return 2
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]

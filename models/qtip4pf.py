@@ -40,27 +40,22 @@ from __future__ import annotations
 import math
 
 import torch
-from ase import units
 
 from ipi_ncforces.models.base import ENERGY_HEAD, Batch, PotentialModel
 from ipi_ncforces.models.neighbors import build_edges
-
-KCAL_PER_MOL_EV: float = units.kcal / units.mol  # 1 kcal/mol in eV
+from ipi_ncforces.models.units import COULOMB_EV_ANG, EV_PER_KCAL_PER_MOL
 
 # --- published q-TIP4P/F parameters (Habershon et al. 2009, Table I), converted to eV ---
-D_R_EV: float = 116.09 * KCAL_PER_MOL_EV  # D_r = 116.09 kcal/mol
+D_R_EV: float = 116.09 * EV_PER_KCAL_PER_MOL  # D_r = 116.09 kcal/mol
 ALPHA_R_PER_ANG: float = 2.287  # alpha_r = 2.287 1/Angstrom
 R_EQ_ANG: float = 0.9419  # r_eq = 0.9419 Angstrom
-K_THETA_EV_PER_RAD2: float = 87.85 * KCAL_PER_MOL_EV  # k_theta = 87.85 kcal/mol/rad^2
+K_THETA_EV_PER_RAD2: float = 87.85 * EV_PER_KCAL_PER_MOL  # k_theta = 87.85 kcal/mol/rad^2
 THETA_EQ_DEG: float = 107.4  # theta_eq = 107.4 degrees
-EPS_OO_EV: float = 0.1852 * KCAL_PER_MOL_EV  # eps_OO = 0.1852 kcal/mol
+EPS_OO_EV: float = 0.1852 * EV_PER_KCAL_PER_MOL  # eps_OO = 0.1852 kcal/mol
 SIGMA_OO_ANG: float = 3.1589  # sigma_OO = 3.1589 Angstrom
 Q_H_E: float = 0.5564  # q_H = +0.5564 e
 Q_M_E: float = -2.0 * Q_H_E  # q_M = -1.1128 e
 GAMMA_M: float = 0.73612  # M-site weight of O (dimensionless)
-
-# e^2 / (4 pi eps0) in eV * Angstrom (= Hartree * Bohr, 14.3996 eV A)
-COULOMB_EV_ANG: float = units.Hartree * units.Bohr
 
 WATER_Z = (8, 1, 1)
 
@@ -134,7 +129,12 @@ class QTIP4PF(PotentialModel):
     # ------------------------------------------------------------------ geometry
     @staticmethod
     def _min_image(d: torch.Tensor, cells: torch.Tensor) -> torch.Tensor:
-        """Minimum-image (B, M, 3) vectors for periodic cells (rows = lattice vectors)."""
+        """Minimum-image (B, M, 3) vectors for periodic cells (rows = lattice vectors).
+
+        In torch, not ase.geometry.find_mic: the energy is differentiated through these
+        vectors (forces, virial), on the model's device. Nearest image by rounding the
+        fractional coordinates: exact for the O-H bonds it serves (far shorter than half
+        any cell width)."""
         frac = torch.linalg.solve(cells.transpose(1, 2), d.transpose(1, 2)).transpose(1, 2)
         return d - torch.bmm(torch.round(frac).detach(), cells)
 

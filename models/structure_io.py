@@ -1,4 +1,5 @@
-"""Structure files shared by every part of the project: i-PI xyz in and out.
+"""Structure files shared by every part of the project: i-PI xyz in and out, and the one
+reader of structures (:func:`read_structure`) that every command uses.
 
 i-PI's xyz carries the cell as ``CELL(abcABC)`` plus units in the comment line; the
 files written here also carry an extxyz ``Lattice=`` on the same line, so i-PI and
@@ -7,6 +8,8 @@ files written here also carry an extxyz ``Lattice=`` on the same line, so i-PI a
 
 from __future__ import annotations
 
+import itertools
+import re
 from pathlib import Path
 
 import numpy as np
@@ -36,24 +39,60 @@ def write_ipi_xyz(atoms, path: str | Path) -> Path:
     return path
 
 
-def read_structure(path: str | Path):
-    """ase.Atoms from an i-PI xyz (cell from the ``CELL(abcABC)`` comment) or any ASE file."""
+def read_structure(path: str | Path, index: int | str | slice = 0):
+    """ase.Atoms (or a list of them for a slice or a string such as ``":"`` / ``":5"``)
+    from a structure or trajectory file, lengths in Angstrom.
+
+    An i-PI xyz (a ``CELL(abcABC)``/``CELL{H}`` comment line, as i-PI writes its
+    trajectories, with or without an extxyz ``Lattice=``) is read with i-PI's own parser
+    and units (``positions{atomic_unit}`` or ``{angstrom}``, ``cell{...}``; none stated
+    means atomic units, as in i-PI), periodic in the stated cell, with i-PI's step
+    counter in ``atoms.info["step"]`` where the comment has one. Anything else (extxyz,
+    cif, pdb, ...) goes to ``ase.io.read(path, index)`` unchanged. ``index`` follows
+    ``ase.io.read``. FileNotFoundError / ValueError on a missing or unreadable file.
+    """
     import ase.io
-    from ipi.utils.io import read_file_raw
+    from ase.io.formats import string2index
 
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"structure file '{path}' does not exist")
     with open(path) as handle:
-        first = handle.readline(), handle.readline()
-    if "CELL" in first[1]:
+        count, comment = handle.readline(), handle.readline()
+    if count.strip().isdigit() and "CELL" in comment:
+        selector = string2index(index) if isinstance(index, str) else index
         with open(path) as handle:
-            raw = read_file_raw("xyz", handle)
-        import ase
+            frames = _ipi_xyz_frames(path, handle)
+            if isinstance(selector, int) and selector >= 0:
+                frame = next(itertools.islice(frames, selector, None), None)
+                if frame is None:
+                    raise IndexError(f"'{path}' has no frame {selector}")
+                return frame
+            if isinstance(selector, slice) and all(v is None or v >= 0 for v in (selector.start, selector.stop)):
+                return list(itertools.islice(frames, selector.start, selector.stop, selector.step))
+            return list(frames)[selector]
+    return ase.io.read(path, index=index)
 
-        cell = np.asarray(raw["cell"]).reshape(3, 3).T.copy()
+
+def _ipi_xyz_frames(path: Path, handle):
+    """ase.Atoms per frame of an open i-PI xyz file, converted to Angstrom with i-PI's units."""
+    import ase
+    from ipi.utils.io import iter_file_raw
+    from ipi.utils.io.io_units import auto_units
+    from ipi.utils.units import unit_to_internal, unit_to_user
+
+    for raw in iter_file_raw("xyz", handle):
+        dimension, units, cell_units = auto_units(raw["comment"])
+        if dimension not in ("length", "undefined"):
+            raise ValueError(f"'{path}' is an i-PI trajectory of {dimension} values, not of positions")
+        to_ang = unit_to_user("length", "angstrom", unit_to_internal("length", units, 1.0))
+        cell_to_ang = unit_to_user("length", "angstrom", unit_to_internal("length", cell_units, 1.0))
+        # i-PI's h matrix holds the lattice vectors as columns; ASE wants rows
+        cell = np.asarray(raw["cell"], dtype=float).reshape(3, 3).T * cell_to_ang
         cell[np.abs(cell) < 1e-9] = 0.0  # cos(90 deg) round-off of the abcABC conversion
-        return ase.Atoms(
-            symbols=list(raw["names"]), positions=np.asarray(raw["data"]).reshape(-1, 3), cell=cell, pbc=True
-        )
-    return ase.io.read(path, index=0)
+        positions = np.asarray(raw["data"], dtype=float).reshape(-1, 3) * to_ang
+        atoms = ase.Atoms(symbols=list(raw["names"]), positions=positions, cell=cell, pbc=True)
+        step = re.search(r"Step:\s*(\d+)", raw["comment"])
+        if step:
+            atoms.info["step"] = int(step.group(1))  # i-PI's step counter, as ipi's read_trajectory
+        yield atoms

@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 
 from ipi_ncforces.models.base import DIRECT_HEAD, ENERGY_HEAD, Batch
+from ipi_ncforces.models.modes import CONSERVATIVE, DIRECT, SINGLE_FORCE_MODES
 from ipi_ncforces.models.dualhead import VARIANT_HEADS, DualHeadPotential, count_parameters
 from ipi_ncforces.models.io import save_model
 from ipi_ncforces.models.neighbors import build_edges
@@ -198,7 +199,7 @@ def batch_loss(model, batch, energies, forces, energy_weight: float, force_weigh
         de = (out["energy"] - energies) / n_atoms
         loss = loss + energy_weight * (de / scale).pow(2).mean()
         sums["energy"] = de.abs().sum().item()
-    for key, head in (("forces", "conservative"), ("direct_forces", "direct")):
+    for key, head in (("forces", CONSERVATIVE), ("direct_forces", DIRECT)):
         if key in out:
             df = out[key] - forces
             loss = loss + force_weight * (df / scale).pow(2).mean()
@@ -223,7 +224,7 @@ def mean_absolute_errors(model, frames, indices, batch_size, device, dtype) -> d
     result = {}
     if "energy" in totals:
         result["energy_mev_per_atom"] = 1000.0 * totals["energy"] / n_frames
-    for head in ("conservative", "direct"):
+    for head in SINGLE_FORCE_MODES:
         if head in totals:
             result[f"forces_{head}_mev_per_ang"] = 1000.0 * totals[head] / n_components
     return result
@@ -411,7 +412,7 @@ def main(argv: list[str] | None = None) -> int:
         train(args)
     except TrainingDataError as exc:
         print(f"ipi-nc train: {exc}", file=sys.stderr)
-        return 1
+        return 2
     return 0
 
 

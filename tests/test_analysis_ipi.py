@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -13,40 +12,31 @@ import pytest
 from ipi_ncforces.analysis.cli import main as analyze_main
 from ipi_ncforces.analysis.readers import AnalysisWarning, find_run, read_properties
 from ipi_ncforces.analysis.temperatures import temperatures_of
-from tests.ipi_helpers import IPI, write_toy_model, write_water_box
+from ipi_ncforces.inputs import make
+from ipi_ncforces.ipi_driver import launch
+from ipi_ncforces.ipi_driver.runner import PES_PATH
 
-PES = Path(__file__).parents[1] / "ipi_driver" / "pes.py"
-
-INPUT = """<simulation verbosity="low">
-  <output prefix="simulation">
-    <properties stride="1" filename="out">[step, time{femtosecond}, conserved, potential{electronvolt},
-      temperature{kelvin}, temperature(H){kelvin}, temperature(O){kelvin}, temperature(nm=1){kelvin}]</properties>
-    <trajectory filename="pos" stride="1" format="xyz" cell_units="angstrom">positions{angstrom}</trajectory>
-    <trajectory filename="vel" stride="1" format="xyz">velocities</trajectory>
-  </output>
-  <total_steps>30</total_steps>
-  <prng><seed>7</seed></prng>
-  <ffdirect name="toy"><pes>custom</pes><pes_path>{pes}</pes_path>
-    <parameters>{{model: toy.pt, template: box.xyz, mode: direct}}</parameters></ffdirect>
-  <system>
-    <initialize nbeads="2"><file mode="xyz">box.xyz</file><velocities mode="thermal" units="kelvin">300</velocities></initialize>
-    <forces><force forcefield="toy"/></forces>
-    <ensemble><temperature units="kelvin">300</temperature></ensemble>
-    <motion mode="dynamics"><dynamics mode="nvt"><timestep units="femtosecond">0.5</timestep>
-      <thermostat mode="pile_l"><tau units="femtosecond">50</tau></thermostat></dynamics></motion>
-  </system>
-</simulation>
-"""
+PROPERTIES = (
+    "[ step, time{femtosecond}, conserved, potential{electronvolt}, temperature{kelvin}, "
+    "temperature(H){kelvin}, temperature(O){kelvin}, temperature(nm=1){kelvin} ]"
+)
 
 
 @pytest.fixture(scope="module")
-def ipi_run(tmp_path_factory) -> Path:
+def ipi_run(tmp_path_factory, box_file, toy_model_file) -> Path:
     run = tmp_path_factory.mktemp("ipi_run")
-    write_water_box(run / "box.xyz")
-    write_toy_model(run / "toy.pt")
-    (run / "input.xml").write_text(INPUT.replace("{pes}", str(PES)).replace("{{", "{").replace("}}", "}"))
-    proc = subprocess.run([IPI, "input.xml"], cwd=run, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    v = make.Variant(
+        name="simulation", ensemble="nvt", thermostat="pile_l", tau_fs=50, pile_lambda=1.0, beads=2, steps=30,
+        seed=7, structure=str(box_file), sockets="ffdirect", pes_path=str(PES_PATH), model=str(toy_model_file),
+        forces="direct", batch_size=1,
+        outputs=(
+            make.Output("properties", "out", PROPERTIES),
+            make.Output("trajectory", "pos", "positions{angstrom}"),
+            make.Output("trajectory", "vel", "velocities"),
+        ),
+    )
+    ipi = launch.start_ipi(make.write(v, run / "input.xml"), run)
+    assert ipi.wait(120) == 0, ipi.log_text()[-2000:]
     return run
 
 

@@ -13,10 +13,16 @@ from ipi_ncforces.analysis import diffusion, drift, rdf, spectrum, temperatures
 from ipi_ncforces.analysis.cli import main as analyze_main
 from ipi_ncforces.analysis.readers import find_run
 from ipi_ncforces.analysis.stats import block_average, linear_fit
-from tests.test_analysis_readers import (AU_VELOCITY_PER_A_PS, KB_AMU_A2_PS2, water_symbols, write_properties,
-                                         write_trajectory)
+from ipi.utils.units import unit_to_internal
 
 MASS = {"O": 15.999, "H": 1.008}  # ASE masses (amu), what the readers use
+# amu (A/ps)^2 per kelvin: k_B in these units (R = 8.314462618 J/mol/K = 0.8314462618 amu A^2 ps^-2 K^-1)
+KB_AMU_A2_PS2 = 0.8314462618
+AU_VELOCITY_PER_A_PS = float(unit_to_internal("length", "angstrom", 1.0) / unit_to_internal("time", "picosecond", 1.0))
+
+
+def water_symbols(n_mol: int) -> list[str]:
+    return ["O", "H", "H"] * n_mol
 
 
 def ar1(rng, n: int, rho: float, sigma: float) -> np.ndarray:
@@ -39,7 +45,7 @@ def test_block_average_matches_ar1_theory():
     assert ba.stderr == pytest.approx(exact, rel=0.3)
 
 
-def test_drift_of_linear_plus_correlated_noise(tmp_path):
+def test_drift_of_linear_plus_correlated_noise(tmp_path, write_properties):
     """A drift of 0.5 meV/atom/ps and heating of 7 K/ps are measured within 3 standard errors,
     and the error accounts for correlation (larger than the naive OLS error)."""
     rng = np.random.default_rng(2)
@@ -70,7 +76,7 @@ def maxwell_velocities(rng, symbols, temps_k: dict[str, float], n_frames: int, s
     return rng.normal(0.0, 1.0, (n_frames, len(symbols), 3)) * sd[None, :, None]
 
 
-def test_species_temperatures_from_velocities(tmp_path):
+def test_species_temperatures_from_velocities(tmp_path, write_trajectory):
     """Maxwell-Boltzmann velocities at T_H = 310 K, T_O = 290 K are recovered within 3 sigma,
     with and without the centre-of-mass momentum removed (dof 3N_s - 3 M_s/M)."""
     rng = np.random.default_rng(3)
@@ -98,7 +104,7 @@ def test_species_temperatures_from_velocities(tmp_path):
     assert "ΔT_H (K)" in md and "ΔT_O (K)" in md and "| free |" in md and "| fixcom |" in md
 
 
-def test_temperatures_from_properties_columns(tmp_path):
+def test_temperatures_from_properties_columns(tmp_path, write_properties):
     """i-PI's temperature(H) / temperature(atom=O) / temperature(nm=k) columns map to T_H, T_O, T_centroid, T_nm1."""
     rng = np.random.default_rng(4)
     n = 2000
@@ -114,7 +120,7 @@ def test_temperatures_from_properties_columns(tmp_path):
         assert temps[label]["source"] == "properties"
 
 
-def test_pimd_centroid_and_normal_mode_temperatures(tmp_path):
+def test_pimd_centroid_and_normal_mode_temperatures(tmp_path, write_trajectory):
     """Bead velocities of a ring polymer at P*T (i-PI samples beads at P T): every normal mode
     and the centroid have temperature T = 300 K."""
     rng = np.random.default_rng(5)
@@ -130,7 +136,7 @@ def test_pimd_centroid_and_normal_mode_temperatures(tmp_path):
         assert abs(temps[label]["mean_k"] - 300.0) < 3 * temps[label]["err_k"], (label, temps[label])
 
 
-def test_vdos_peak_of_harmonic_velocities(tmp_path):
+def test_vdos_peak_of_harmonic_velocities(tmp_path, write_trajectory):
     """v_i(t) = A cos(2 pi nu t + phi_i) gives a VDOS peak at nu: O at 1000 cm^-1, H at 3000 cm^-1."""
     rng = np.random.default_rng(6)
     symbols = water_symbols(8)
@@ -156,7 +162,7 @@ def random_walk(rng, n_frames: int, n_atoms: int, d_a2_ps: float, dt_ps: float) 
     return np.cumsum(steps, axis=0)
 
 
-def test_diffusion_of_wrapped_random_walk(tmp_path):
+def test_diffusion_of_wrapped_random_walk(tmp_path, write_trajectory):
     """A random walk with D = 0.25 A^2/ps (2.5e-5 cm^2/s), written wrapped into the box and with a
     uniform centre-of-mass drift added, gives D back within 3 sigma (+2% for the COM removal)."""
     rng = np.random.default_rng(7)
@@ -181,7 +187,7 @@ def test_yeh_hummer_correction_value():
 
 @pytest.mark.parametrize("cell", [np.diag([11.0, 12.0, 13.0]),
                                   np.array([[12.0, 0.0, 0.0], [4.0, 11.0, 0.0], [1.0, 2.0, 12.5]])])
-def test_rdf_of_ideal_gas_is_one(tmp_path, cell):
+def test_rdf_of_ideal_gas_is_one(tmp_path, cell, write_trajectory):
     """Uniform random positions (ideal gas) in orthorhombic and triclinic cells give g(r) = 1."""
     rng = np.random.default_rng(8)
     symbols = water_symbols(40)

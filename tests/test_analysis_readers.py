@@ -1,6 +1,6 @@
 """Readers of i-PI outputs: synthetic files in i-PI's exact formats, units from headers,
-and clear errors or warnings for damaged files. Also hosts the writers of synthetic
-i-PI files used by the other tests/test_analysis_*.py modules."""
+and clear errors or warnings for damaged files (writers of synthetic i-PI files: the
+``write_properties`` / ``write_trajectory`` fixtures of conftest.py)."""
 
 from __future__ import annotations
 
@@ -16,48 +16,14 @@ from ipi_ncforces.analysis.cli import main as analyze_main
 from ipi_ncforces.analysis.readers import (AnalysisInputError, AnalysisWarning, find_run, read_properties, read_traj,
                               timestep_ps)
 
-# amu (A/ps)^2 per kelvin: k_B in these units (R = 8.314462618 J/mol/K = 0.8314462618 amu A^2 ps^-2 K^-1)
-KB_AMU_A2_PS2 = 0.8314462618
 AU_VELOCITY_PER_A_PS = float(unit_to_internal("length", "angstrom", 1.0) / unit_to_internal("time", "picosecond", 1.0))
-
-
-def write_properties(path: Path, columns: dict[str, np.ndarray], descriptions: str = "synthetic") -> Path:
-    """An i-PI properties file: header '# column N --> name{unit} : text', then %e columns."""
-    lines = []
-    for i, name in enumerate(columns, start=1):
-        lines.append(f"# column {i:3d}     --> {name} : {descriptions}\n")
-    data = np.column_stack(list(columns.values()))
-    for row in data:
-        lines.append("".join(f"{x:18.8e} " for x in row) + "\n")
-    path.write_text("".join(lines))
-    return path
-
-
-def write_trajectory(path: Path, symbols: list[str], frames: np.ndarray, cell_a: np.ndarray | float,
-                     what: str = "positions", unit: str = "angstrom", steps: np.ndarray | None = None,
-                     bead: int = 0, cell_unit: str = "angstrom") -> Path:
-    """An i-PI xyz trajectory (comment: CELL(abcABC), Step, Bead, what{unit}, cell{unit})."""
-    import ase
-
-    cell = np.diag([cell_a] * 3) if np.isscalar(cell_a) else np.asarray(cell_a)
-    par = ase.Atoms(cell=cell, pbc=True).cell.cellpar()
-    par[:3] = unit_to_user("length", cell_unit, unit_to_internal("length", "angstrom", par[:3]))
-    steps = np.arange(len(frames)) if steps is None else steps
-    out = []
-    for step, x in zip(steps, frames):
-        out.append(f"{len(symbols)}\n# CELL(abcABC): {'  '.join(f'{p:.5f}' for p in par)}  Step: {step:11d}  "
-                   f"Bead: {bead:7d} {what}{{{unit}}}  cell{{{cell_unit}}}\n")
-        for s, r in zip(symbols, x):
-            out.append(f"{s:>8s} {r[0]:14.8e} {r[1]:14.8e} {r[2]:14.8e}\n")
-    path.write_text("".join(out))
-    return path
 
 
 def water_symbols(n_mol: int) -> list[str]:
     return ["O", "H", "H"] * n_mol
 
 
-def test_properties_units_come_from_header(tmp_path):
+def test_properties_units_come_from_header(tmp_path, write_properties):
     """time{femtosecond} -> ps and conserved{atomic_unit} (Hartree) -> eV, with ipi.utils.units."""
     path = write_properties(tmp_path / "sim.out", {
         "step": np.arange(5), "time{femtosecond}": np.arange(5) * 0.5,
@@ -71,7 +37,7 @@ def test_properties_units_come_from_header(tmp_path):
         read_properties(bad)
 
 
-def test_missing_unit_is_atomic_units_with_warning(tmp_path):
+def test_missing_unit_is_atomic_units_with_warning(tmp_path, write_properties):
     path = write_properties(tmp_path / "sim.out", {"step": np.arange(4), "conserved": np.full(4, 2.0)})
     with pytest.warns(AnalysisWarning, match="no unit.*atomic units"):
         props = read_properties(path)
@@ -79,7 +45,7 @@ def test_missing_unit_is_atomic_units_with_warning(tmp_path):
     assert any("atomic units" in w for w in props.warnings)
 
 
-def test_truncated_last_line_is_dropped_with_warning(tmp_path):
+def test_truncated_last_line_is_dropped_with_warning(tmp_path, write_properties):
     path = write_properties(tmp_path / "sim.out", {"step": np.arange(6), "time{picosecond}": np.arange(6.0)})
     text = path.read_text()
     path.write_text(text[: text.rstrip().rfind(" ") - 3])  # cut inside the last line
@@ -88,7 +54,7 @@ def test_truncated_last_line_is_dropped_with_warning(tmp_path):
     assert len(props["step"]) == 5
 
 
-def test_damaged_middle_line_is_an_error(tmp_path):
+def test_damaged_middle_line_is_an_error(tmp_path, write_properties):
     path = write_properties(tmp_path / "sim.out", {"step": np.arange(6), "time{picosecond}": np.arange(6.0)})
     lines = path.read_text().splitlines(keepends=True)
     lines[4] = "  3.0  garbage\n"
@@ -97,7 +63,7 @@ def test_damaged_middle_line_is_an_error(tmp_path):
         read_properties(path)
 
 
-def test_trajectory_units_and_truncated_frame(tmp_path):
+def test_trajectory_units_and_truncated_frame(tmp_path, write_trajectory):
     """positions{angstrom} stay A; velocities{atomic_unit} become A/ps; a cut last frame is dropped."""
     rng = np.random.default_rng(0)
     x = rng.uniform(0, 5, (4, 3, 3))
@@ -126,7 +92,7 @@ def test_trajectory_without_units_warns(tmp_path):
     np.testing.assert_allclose(traj.data[0, 0, 0], unit_to_user("length", "angstrom", 1.0), rtol=1e-6)
 
 
-def test_find_run_from_directory_and_prefix(tmp_path):
+def test_find_run_from_directory_and_prefix(tmp_path, write_properties, write_trajectory):
     write_properties(tmp_path / "simulation.out", {"step": np.arange(3), "time{picosecond}": np.arange(3) * 1e-3})
     x = np.zeros((3, 3, 3))
     for b in range(2):
@@ -140,7 +106,7 @@ def test_find_run_from_directory_and_prefix(tmp_path):
         find_run(tmp_path)
 
 
-def test_cli_bad_input_is_one_line_and_nonzero(tmp_path, capsys):
+def test_cli_bad_input_is_one_line_and_nonzero(tmp_path, capsys, write_properties):
     assert analyze_main(["drift", str(tmp_path / "nothing"), "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "neither a directory of i-PI outputs nor an output prefix" in err[0]

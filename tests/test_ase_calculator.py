@@ -14,7 +14,7 @@ from ipi_ncforces.models.base import Batch, evaluate
 from ipi_ncforces.models.io import save_model
 from ipi_ncforces.models.pair_toy import PairToyModel
 from ipi_ncforces.models.qtip4pf import QTIP4PF
-from ipi_ncforces.models.reference_data import set_temperature
+from ipi_ncforces.models.water_box import set_temperature
 from ipi_ncforces.models.structure_io import read_structure
 
 WATER16 = Path(__file__).resolve().parents[1] / "inputs" / "water16.xyz"
@@ -52,12 +52,22 @@ def test_direct_mode_returns_the_direct_head(box16):
         atoms.get_stress()  # the toy model predicts no direct virial
 
 
-def test_direct_only_model_reports_zero_energy_and_refuses_conservative(tmp_path, box16):
+def test_direct_only_model_has_no_energy_and_refuses_conservative(tmp_path, box16):
+    """ASE's convention: a property the model cannot give is not implemented (no 0 eV stand-in)."""
     model = PairToyModel(heads=("direct",))
     atoms = box16.copy()
     atoms.calc = ModelCalculator(model, forces="direct")
-    assert atoms.get_potential_energy() == 0.0
-    assert atoms.calc.results["energy_available"] is False
+    assert atoms.calc.implemented_properties == ["forces"]
+    full = PairToyModel()
+    p = evaluate(full, Batch.from_ase([atoms]), conservative=False, direct=True)
+    assert np.allclose(atoms.get_forces(), p.direct_forces[0].numpy(), atol=1e-12)
+    for ask in (atoms.get_potential_energy, atoms.get_total_energy, atoms.get_stress):
+        with pytest.raises(PropertyNotImplementedError):
+            ask()
+    assert "energy" not in atoms.calc.results
+    # with an energy head the direct mode reports it (the model's energy, not a stand-in)
+    atoms.calc = ModelCalculator(full, forces="direct")
+    assert atoms.get_potential_energy() == pytest.approx(float(p.energy[0]), abs=1e-12)
     with pytest.raises(ValueError, match="no 'energy' head"):
         ModelCalculator(model, forces="conservative")
     path = save_model(model, tmp_path / "nc.pt")
@@ -80,3 +90,16 @@ def test_nve_with_ase_conserves_energy(box16):
         dyn.run(5)
         totals.append(atoms.get_total_energy())
     assert np.ptp(totals) < 5e-3
+
+
+def test_ase_optimizer_runs_on_a_direct_only_model(box16):
+    """ASE's optimizers log the energy every step; geop's runner steps on forces alone when the
+    calculator has none, instead of failing on PropertyNotImplementedError."""
+    from ipi_ncforces.analysis.geop import run_optimizer
+
+    atoms = box16.copy()
+    start = atoms.positions.copy()
+    trace = run_optimizer(atoms, ModelCalculator(PairToyModel(heads=("direct",)), forces="direct"), "FIRE", 1e-6, 5)
+    assert "optimizer_error" not in atoms.info
+    assert np.isfinite(trace).all() and len(trace) == 6  # the start and 5 steps
+    assert np.abs(atoms.positions - start).max() > 1e-4  # it moved

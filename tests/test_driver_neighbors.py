@@ -8,7 +8,7 @@ import torch
 from ipi_ncforces.models.base import Batch, evaluate
 from ipi_ncforces.models.neighbors import NeighborCache, build_edges
 from ipi_ncforces.models.pair_toy import PairToyModel
-from tests.ipi_helpers import water_box
+from ipi_ncforces.models.water_box import lattice_water_box
 
 
 def _pairs(edges) -> set[tuple[int, int, tuple[int, ...]]]:
@@ -17,7 +17,7 @@ def _pairs(edges) -> set[tuple[int, int, tuple[int, ...]]]:
 
 
 def _batch(n_structures: int = 2, seed: int = 0) -> Batch:
-    frames = [water_box(n_side=2, seed=seed + b) for b in range(n_structures)]
+    frames = [lattice_water_box(8, seed=seed + b) for b in range(n_structures)]
     return Batch.from_ase(frames)
 
 

@@ -2,30 +2,24 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
-import ipi_ncforces.ipi_driver.pes
-from tests.ipi_helpers import IPI_PY_DRIVER, log_text, start_command, wait_for_socket, wait_process
-from tests.test_driver_ipi import check_recorded_against_model, session  # noqa: F401 (fixture)
-
-PES_FILE = Path(ipi_ncforces.ipi_driver.pes.__file__).resolve()
+from ipi_ncforces.ipi_driver import launch
+from ipi_ncforces.ipi_driver.runner import PES_PATH
 
 
-def test_ffdirect_runs_the_pes_in_process_with_batches(session):  # noqa: F811
+def test_ffdirect_runs_the_pes_in_process_with_batches(session):
     """PIMD with 4 beads and <batch_size>4: i-PI hands the PES lists of 4 structures."""
-    parameters = f"{{model: {session.model}, template: {session.box}, mode: direct}}"
-    ipi = session.ipi(steps=3, nbeads=4, batch_size=4, ffdirect_pes=str(PES_FILE), ffdirect_parameters=parameters)
-    assert wait_process(ipi, 90) == 0, log_text(ipi)[-3000:]
-    check_recorded_against_model(session, "direct", nbeads=4)
+    ipi = session.ipi(steps=3, beads=4, batch_size=4, sockets="ffdirect")
+    assert ipi.wait(90) == 0, ipi.log_text()[-3000:]
+    session.check_recorded_against_model("direct", nbeads=4)
 
 
-def test_stock_ipi_py_driver_with_the_pes(session):  # noqa: F811
+def test_stock_ipi_py_driver_with_the_pes(session):
     ipi = session.ipi(steps=3)
-    wait_for_socket(session.name, ipi)
+    session.wait_for_socket(ipi)
     params = f"model={session.model},template={session.box},mode=conservative"
-    cmd = [IPI_PY_DRIVER, "-u", "-a", session.name, "-m", "custom", "-P", PES_FILE, "-o", params]
-    driver = start_command(cmd, session.dir, "py_driver.log")
+    cmd = [launch.find_executable("i-pi-py_driver"), "-u", "-a", session.name, "-m", "custom", "-P", PES_PATH, "-o", params]
+    driver = launch.start_process(cmd, session.dir, "py_driver.log")
     session.procs.append(driver)
-    assert wait_process(ipi, 90) == 0, log_text(ipi)[-3000:]
-    assert wait_process(driver, 30) == 0, log_text(driver)
-    check_recorded_against_model(session, "conservative")
+    assert ipi.wait(90) == 0, ipi.log_text()[-3000:]
+    assert driver.wait(30) == 0, driver.log_text()
+    session.check_recorded_against_model("conservative")

@@ -14,63 +14,28 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.ipi_helpers import (
-    IPI_NC,
-    kill_processes,
-    log_text,
-    read_properties,
-    start_driver,
-    start_ipi,
-    unique_socket_name,
-    wait_for_socket,
-    wait_process,
-    write_toy_model,
-    write_water_box,
-)
+from ipi_ncforces.inputs import make
+from ipi_ncforces.ipi_driver import launch
+from ipi_ncforces.models.io import save_model
+from ipi_ncforces.models.pair_toy import PairToyModel
 
 OUTER_STEPS = 8
 
 
-def write_mts_input(path: Path, init_file: Path, cons: str, direct: str) -> Path:
-    """MTS NVE (nmts [1, 4]): ``cons`` socket at weights [1, 0], ``direct`` at [-1, 1];
-    full-precision outputs (floatformat %.16e) of both components' raw forces (Ha/Bohr)
-    and energies (Ha)."""
-    sockets = "".join(
-        f"""  <ffsocket name="{name}" mode="unix" pbc="false">
-    <address>{address}</address><latency>1e-4</latency><timeout>60</timeout>
-  </ffsocket>
-"""
-        for name, address in (("cons", cons), ("direct", direct))
+def write_mts_input(path: Path, init_file: Path, tag: str) -> tuple[Path, str, str]:
+    """MTS NVE (nmts [1, 4], 1 fs outer step): ``cons`` socket at weights [1, 0], ``direct``
+    at [-1, 1]; full-precision outputs (floatformat %.16e) of both components' raw forces
+    (Ha/Bohr) and energies (Ha). Returns (xml, cons address, direct address)."""
+    v = make.Variant(
+        name="sim", forces="mts", mts_m=4, dt_fs=0.25, steps=OUTER_STEPS, seed=4242, structure=str(init_file),
+        socket_address=launch.unique_address(tag), safe_stride=100000,
+        outputs=(
+            make.Output("properties", "out", "[ step, conserved, potential, pot_component_raw(0), pot_component_raw(1) ]"),
+            make.Output("trajectory", "fcons", "forces_component_raw(0)"),
+            make.Output("trajectory", "fdirect", "forces_component_raw(1)"),
+        ),
     )
-    path.write_text(
-        f"""<simulation verbosity="low" safe_stride="100000" threading="false" floatformat="%.16e">
-  <output prefix="sim">
-    <properties filename="out" stride="1" flush="1">[ step, conserved, potential, pot_component_raw(0), pot_component_raw(1) ]</properties>
-    <trajectory filename="fcons" stride="1" format="xyz" flush="1">forces_component_raw(0)</trajectory>
-    <trajectory filename="fdirect" stride="1" format="xyz" flush="1">forces_component_raw(1)</trajectory>
-    <checkpoint stride="100000"/>
-  </output>
-  <total_steps>{OUTER_STEPS}</total_steps>
-  <prng><seed>4242</seed></prng>
-{sockets}  <system>
-    <initialize nbeads="1">
-      <file mode="xyz">{init_file}</file>
-      <velocities mode="thermal" units="kelvin">300</velocities>
-    </initialize>
-    <forces>
-      <force forcefield="cons"><mts_weights>[1, 0]</mts_weights></force>
-      <force forcefield="direct"><mts_weights>[-1, 1]</mts_weights></force>
-    </forces>
-    <motion mode="dynamics">
-      <fixcom>true</fixcom>
-      <dynamics mode="nve"><timestep units="femtosecond">1.0</timestep><nmts>[1, 4]</nmts></dynamics>
-    </motion>
-    <ensemble><temperature units="kelvin">300</temperature></ensemble>
-  </system>
-</simulation>
-"""
-    )
-    return path
+    return make.write(v, path), make.unix_address(v, "cons"), make.unix_address(v, "direct")
 
 
 def read_xyz_arrays(path: Path) -> np.ndarray:
@@ -85,36 +50,35 @@ def read_xyz_arrays(path: Path) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def files(tmp_path_factory):
-    d = tmp_path_factory.mktemp("shared-mts")
-    return write_water_box(d / "init.xyz", n_side=2), write_toy_model(d / "toy.pt")
+def files(box_file, toy_model_file):
+    return box_file, toy_model_file
 
 
 def run_mts(workdir: Path, box: Path, model: Path, shared: bool) -> tuple[dict, np.ndarray, np.ndarray, list[str]]:
     """One MTS run; returns (properties, cons raw forces, direct raw forces, driver logs)."""
     workdir.mkdir()
-    cons, direct = unique_socket_name("cons"), unique_socket_name("direct")
-    xml = write_mts_input(workdir / "input.xml", box, cons, direct)
+    xml, cons, direct = write_mts_input(workdir / "input.xml", box, "mts")
     common = ["--model", model, "--structure", box, "--unix", "--connect-timeout", "60"]
     procs = []
     try:
-        ipi = start_ipi(xml, workdir)
+        ipi = launch.start_ipi(xml, workdir)
         procs.append(ipi)
-        wait_for_socket(cons, ipi)
-        wait_for_socket(direct, ipi)
+        launch.wait_for_sockets(ipi, [("unix", cons, 0), ("unix", direct, 0)], 60)
         if shared:
             cmd = [*common, "--mode", "conservative", "--address", cons, "--mts-direct-address", direct]
-            procs.append(start_driver(cmd, workdir, "driver.log"))
+            procs.append(launch.start_driver(cmd, workdir, "driver.log"))
         else:
-            procs.append(start_driver([*common, "--mode", "conservative", "--address", cons], workdir, "cons.log"))
-            procs.append(start_driver([*common, "--mode", "direct", "--address", direct], workdir, "direct.log"))
-        assert wait_process(ipi, 60) == 0, log_text(ipi)[-2000:]
+            procs.append(launch.start_driver([*common, "--mode", "conservative", "--address", cons], workdir, "cons.log"))
+            procs.append(launch.start_driver([*common, "--mode", "direct", "--address", direct], workdir, "direct.log"))
+        assert ipi.wait(60) == 0, ipi.log_text()[-2000:]
         for p in procs[1:]:
-            assert wait_process(p, 30) == 0, log_text(p)[-2000:]
-        logs = [log_text(p) for p in procs[1:]]
+            assert p.wait(30) == 0, p.log_text()[-2000:]
+        logs = [p.log_text() for p in procs[1:]]
     finally:
-        kill_processes(*procs, sockets=(cons, direct))
-    props, _ = read_properties(workdir / "sim.out")
+        launch.kill_processes(procs, (cons, direct))
+    from ipi.scripting import read_output
+
+    props, _ = read_output(str(workdir / "sim.out"))
     return props, read_xyz_arrays(workdir / "sim.fcons.xyz"), read_xyz_arrays(workdir / "sim.fdirect.xyz"), logs
 
 
@@ -147,7 +111,7 @@ def test_one_driver_for_both_mts_sockets_matches_two_drivers(files, tmp_path):
 
 
 def _driver_error(args: list) -> subprocess.CompletedProcess:
-    return subprocess.run([IPI_NC, "driver", *map(str, args)], capture_output=True, text=True, timeout=60)
+    return subprocess.run(launch.driver_command(args), capture_output=True, text=True, timeout=60)
 
 
 def test_option_needs_conservative_mode(files):
@@ -162,12 +126,12 @@ def test_option_needs_conservative_mode(files):
 
 def test_option_needs_a_model_with_both_heads(tmp_path, files):
     box, _ = files
-    energy_only = write_toy_model(tmp_path / "energy-only.pt", heads=("energy",))
+    energy_only = save_model(PairToyModel(heads=("energy",)), tmp_path / "energy-only.pt")
     res = _driver_error(
         ["--model", energy_only, "--structure", box, "--mode", "conservative", "--unix", "--address", "a",
          "--mts-direct-address", "b", "--connect-timeout", "0"]
     )
-    assert res.returncode == 1
+    assert res.returncode == 2
     errors = [ln for ln in res.stderr.splitlines() if "error" in ln]
     assert len(errors) == 1 and "both heads" in errors[0] and "direct" in errors[0], res.stderr
 
@@ -176,8 +140,7 @@ def test_runner_serves_an_mts_input_with_one_shared_driver(files, tmp_path, caps
     from ipi_ncforces.ipi_driver import runner
 
     box, model = files
-    cons, direct = unique_socket_name("rc"), unique_socket_name("rd")
-    xml = write_mts_input(tmp_path / "mts.xml", box, cons, direct)
+    xml, _, _ = write_mts_input(tmp_path / "mts.xml", box, "r")
     work = tmp_path / "run"
     code = runner.main([str(xml), "--model", str(model), "--workdir", str(work), "--quiet", "--shared-mts-driver"])
     assert code == 0, capsys.readouterr().err

@@ -3,39 +3,12 @@ consistency, no graph for direct-only evaluation, save/load."""
 
 from __future__ import annotations
 
-import math
-
-import numpy as np
 import pytest
 import torch
-from ase import Atoms
 
 from ipi_ncforces.models.base import Batch, evaluate
 from ipi_ncforces.models.dualhead import DualHeadPotential
 from ipi_ncforces.models.io import ModelFileError, load_model, save_model
-
-
-def water_box(n_side: int = 2, spacing_ang: float = 3.1, seed: int = 0, jitter_ang: float = 0.1, periodic: bool = True) -> Atoms:
-    """n_side^3 randomly oriented water molecules (O, H, H) on a jittered cubic grid."""
-    rng = np.random.default_rng(seed)
-    half_angle = math.radians(104.5) / 2
-    positions, numbers = [], []
-    for corner in np.ndindex(n_side, n_side, n_side):
-        oxygen = np.array(corner) * spacing_ang + rng.normal(0, jitter_ang, 3)
-        rotation, _ = np.linalg.qr(rng.normal(size=(3, 3)))
-        h1 = oxygen + 0.96 * rotation @ np.array([math.sin(half_angle), math.cos(half_angle), 0.0])
-        h2 = oxygen + 0.96 * rotation @ np.array([-math.sin(half_angle), math.cos(half_angle), 0.0])
-        positions += [oxygen, h1, h2]
-        numbers += [8, 1, 1]
-    length = n_side * spacing_ang
-    return Atoms(numbers=numbers, positions=np.array(positions), cell=[length] * 3, pbc=periodic)
-
-
-def tiny_model(variant: str, seed: int = 0, **kwargs) -> DualHeadPotential:
-    torch.manual_seed(seed)
-    options = dict(width=8, vector_width=4, layers=2, n_rbf=6, cutoff=4.0, scale_ev=1.0, avg_neighbors=20.0)
-    options.update(kwargs)
-    return DualHeadPotential(variant=variant, **options).double()
 
 
 def random_rotation(seed: int = 1) -> torch.Tensor:
@@ -44,25 +17,25 @@ def random_rotation(seed: int = 1) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("variant,heads", [("C", ("energy",)), ("NC", ("direct",)), ("M", ("energy", "direct"))])
-def test_variants_have_their_heads(variant, heads):
+def test_variants_have_their_heads(variant, heads, tiny_model):
     model = tiny_model(variant)
     assert model.heads == heads
     assert model.predicts_direct_virial == ("direct" in heads)
 
 
-def test_config_rebuilds_the_same_model():
+def test_config_rebuilds_the_same_model(jittered_water_box, tiny_model):
     model = tiny_model("M", energy_offsets_ev=[-1.0, -2.0], scale_ev=0.7)
     clone = DualHeadPotential(**model.config()).double()
     clone.load_state_dict(model.state_dict())
-    batch = Batch.from_ase([water_box()])
+    batch = Batch.from_ase([jittered_water_box()])
     a = evaluate(model, batch, direct=True)
     b = evaluate(clone, batch, direct=True)
     torch.testing.assert_close(a.energy, b.energy, rtol=0, atol=0)
     torch.testing.assert_close(a.direct_forces, b.direct_forces, rtol=0, atol=0)
 
 
-def test_runs_in_float32_and_float64():
-    atoms = water_box()
+def test_runs_in_float32_and_float64(jittered_water_box, tiny_model):
+    atoms = jittered_water_box()
     for dtype in (torch.float32, torch.float64):
         model = tiny_model("M").to(dtype)
         prediction = evaluate(model, Batch.from_ase([atoms, atoms], dtype=dtype), direct=True)
@@ -72,19 +45,19 @@ def test_runs_in_float32_and_float64():
         assert torch.isfinite(prediction.forces).all() and torch.isfinite(prediction.direct_forces).all()
 
 
-def test_direct_only_evaluation_builds_no_graph():
+def test_direct_only_evaluation_builds_no_graph(jittered_water_box, tiny_model):
     model = tiny_model("M")
-    prediction = evaluate(model, Batch.from_ase([water_box()]), conservative=False, direct=True)
+    prediction = evaluate(model, Batch.from_ase([jittered_water_box()]), conservative=False, direct=True)
     for tensor in (prediction.energy, prediction.direct_forces, prediction.direct_virial):
         assert not tensor.requires_grad and tensor.grad_fn is None
     assert all(p.grad is None for p in model.parameters())
 
 
-def test_conservative_forces_match_finite_differences():
+def test_conservative_forces_match_finite_differences(jittered_water_box, tiny_model):
     # central differences with h = 1e-5 A in float64: truncation ~h^2 * E''' and
     # round-off ~1e-16 * E / h are both far below the 1e-6 eV/A tolerance
     model = tiny_model("C", seed=3)
-    atoms = water_box(seed=2)
+    atoms = jittered_water_box(seed=2)
     batch = Batch.from_ase([atoms])
     forces = evaluate(model, batch, virial=False).forces[0]
     h = 1e-5
@@ -98,10 +71,10 @@ def test_conservative_forces_match_finite_differences():
         assert abs(numeric - forces[atom, axis].item()) < 1e-6
 
 
-def test_virial_matches_strain_finite_difference():
+def test_virial_matches_strain_finite_difference(jittered_water_box, tiny_model):
     # W = -dE/d(strain) for a homogeneous deformation of positions and cell (eV)
     model = tiny_model("C", seed=4)
-    batch = Batch.from_ase([water_box(seed=5)])
+    batch = Batch.from_ase([jittered_water_box(seed=5)])
     virial = evaluate(model, batch).virial[0]
     h = 1e-6
     eps = torch.zeros(3, 3, dtype=torch.float64)
@@ -118,10 +91,10 @@ def test_virial_matches_strain_finite_difference():
     assert abs(numeric - virial[0, 1].item()) < 1e-7
 
 
-def test_energy_invariant_and_forces_equivariant_under_rotation():
+def test_energy_invariant_and_forces_equivariant_under_rotation(jittered_water_box, tiny_model):
     # float64: a rotated copy differs only by round-off (~1e-15 relative), so 1e-5 is loose
     model = tiny_model("M", seed=6)
-    atoms = water_box(seed=7, periodic=False)
+    atoms = jittered_water_box(seed=7, periodic=False)
     rotation = random_rotation()
     batch = Batch.from_ase([atoms])
     rotated = Batch(batch.species, batch.positions @ rotation.T, batch.cells)
@@ -133,9 +106,9 @@ def test_energy_invariant_and_forces_equivariant_under_rotation():
         assert error < 1e-5
 
 
-def test_periodic_direct_forces_rotate_with_cell_and_are_translation_invariant():
+def test_periodic_direct_forces_rotate_with_cell_and_are_translation_invariant(jittered_water_box, tiny_model):
     model = tiny_model("NC", seed=8)
-    batch = Batch.from_ase([water_box(seed=9)])
+    batch = Batch.from_ase([jittered_water_box(seed=9)])
     rotation = random_rotation(2)
     rotated = Batch(batch.species, batch.positions @ rotation.T, batch.cells @ rotation.T)
     shifted = Batch(batch.species, batch.positions + torch.tensor([0.3, -1.2, 2.5], dtype=torch.float64), batch.cells)
@@ -146,35 +119,35 @@ def test_periodic_direct_forces_rotate_with_cell_and_are_translation_invariant()
     assert (f - s).norm() / f.norm() < 1e-10
 
 
-def test_direct_head_is_not_conservative_but_direct_virial_is_symmetric():
+def test_direct_head_is_not_conservative_but_direct_virial_is_symmetric(jittered_water_box, tiny_model):
     model = tiny_model("NC", seed=10)
-    prediction = evaluate(model, Batch.from_ase([water_box()]), conservative=False, direct=True)
+    prediction = evaluate(model, Batch.from_ase([jittered_water_box()]), conservative=False, direct=True)
     # a random direct head has a net force: no Newton's third law by construction
     assert prediction.direct_forces[0].sum(dim=0).norm() > 1e-6
     torch.testing.assert_close(prediction.direct_virial, prediction.direct_virial.transpose(1, 2))
 
 
-def test_unknown_species_is_refused():
+def test_unknown_species_is_refused(jittered_water_box, tiny_model):
     model = tiny_model("C")
-    atoms = water_box()
+    atoms = jittered_water_box()
     atoms.numbers[0] = 6
     with pytest.raises(ValueError, match=r"\[6\]"):
         evaluate(model, Batch.from_ase([atoms]))
 
 
-def test_save_load_round_trip(tmp_path):
+def test_save_load_round_trip(tmp_path, jittered_water_box, tiny_model):
     model = tiny_model("M", energy_offsets_ev=[-13.6, -432.0])
     path = save_model(model, tmp_path / "m.pt", {"note": "test"})
     loaded = load_model(path, require_heads=("energy", "direct"), dtype=torch.float64)
     assert loaded.metadata["note"] == "test" and loaded.metadata["heads"] == ["energy", "direct"]
-    batch = Batch.from_ase([water_box()])
+    batch = Batch.from_ase([jittered_water_box()])
     a, b = evaluate(model, batch, direct=True), evaluate(loaded, batch, direct=True)
     torch.testing.assert_close(a.energy, b.energy, rtol=0, atol=0)
     torch.testing.assert_close(a.direct_forces, b.direct_forces, rtol=0, atol=0)
     assert load_model(path, dtype=torch.float32).embedding.weight.dtype == torch.float32
 
 
-def test_loading_a_model_without_the_head_names_file_and_head(tmp_path):
+def test_loading_a_model_without_the_head_names_file_and_head(tmp_path, tiny_model):
     path = save_model(tiny_model("C"), tmp_path / "c.pt")
     with pytest.raises(ModelFileError) as info:
         load_model(path, require_heads=("direct",))

@@ -49,7 +49,7 @@ def test_invalid_option_is_a_one_line_error(tmp_path, capsys):
     text = (INPUTS_DIR / "nvt/svr-tau10-direct.xml").read_text().replace('mode="svr"', 'mode="bogus"')
     bad = tmp_path / "bad.xml"
     bad.write_text(text)
-    assert cli.main(["validate", "--no-structure-check", str(bad)]) == 1
+    assert cli.main(["validate", "--no-structure-check", str(bad)]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "bad.xml" in err and "bogus" in err
     with pytest.raises(InputValidationError, match="nmts"):

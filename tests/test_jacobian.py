@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from ipi_ncforces.models.base import Batch, evaluate
@@ -16,18 +17,19 @@ from ipi_ncforces.models.jacobian import (
     rotation_path,
 )
 from ipi_ncforces.models.pair_toy import PairToyModel
-from tests.test_dualhead import tiny_model, water_box
 
 
-def small_batch(seed: int = 0, periodic: bool = True) -> Batch:
-    return Batch.from_ase([water_box(seed=seed, periodic=periodic)])
+@pytest.fixture
+def small_batch(jittered_water_box):
+    """Builder ``(seed=0, periodic=True) -> Batch`` of one jittered 8-water box."""
+    return lambda seed=0, periodic=True: Batch.from_ase([jittered_water_box(seed=seed, periodic=periodic)])
 
 
 def toy() -> PairToyModel:
     return PairToyModel(cutoff=4.0, eps_ev=0.5, sigma_ang=0.8, asymmetry=0.2).double()
 
 
-def test_jacobian_of_conservative_forces_is_minus_a_symmetric_hessian():
+def test_jacobian_of_conservative_forces_is_minus_a_symmetric_hessian(small_batch, tiny_model):
     # float64 autograd Hessians are symmetric to round-off (~1e-15 relative): 1e-6 is loose
     batch = small_batch()
     for model in (toy(), tiny_model("C", seed=1), tiny_model("M", seed=2)):
@@ -36,7 +38,7 @@ def test_jacobian_of_conservative_forces_is_minus_a_symmetric_hessian():
         assert asymmetry_lambda(jacobian) < 1e-6
 
 
-def test_jacobian_rows_match_finite_differences_of_direct_forces():
+def test_jacobian_rows_match_finite_differences_of_direct_forces(small_batch, tiny_model):
     model = tiny_model("NC", seed=3)
     batch = small_batch(1)
     jacobian = force_jacobian(model, batch, "direct")
@@ -53,7 +55,7 @@ def test_jacobian_rows_match_finite_differences_of_direct_forces():
     torch.testing.assert_close(jacobian[:, 3 * 4 + 1], column, rtol=0, atol=1e-6)
 
 
-def test_direct_heads_have_an_antisymmetric_jacobian_part():
+def test_direct_heads_have_an_antisymmetric_jacobian_part(small_batch, tiny_model):
     batch = small_batch()
     toy_lambda = asymmetry_lambda(force_jacobian(toy(), batch, "direct"))
     nc_lambda = asymmetry_lambda(force_jacobian(tiny_model("NC", seed=4), batch, "direct"))
@@ -63,7 +65,7 @@ def test_direct_heads_have_an_antisymmetric_jacobian_part():
     assert nc_lambda > 1e-3
 
 
-def test_pair_resolved_lambda():
+def test_pair_resolved_lambda(small_batch):
     batch = small_batch()
     conservative = pair_asymmetry(force_jacobian(toy(), batch, "conservative"), batch, 1e-12)
     direct = pair_asymmetry(force_jacobian(toy(), batch, "direct"), batch, 1e-12)
@@ -79,7 +81,7 @@ def test_pair_resolved_lambda():
     assert int(counts.sum()) == direct.lambda_ij.numel() and centres.shape == means.shape
 
 
-def test_closed_path_work_vanishes_only_for_conservative_forces():
+def test_closed_path_work_vanishes_only_for_conservative_forces(small_batch, tiny_model):
     batch = small_batch(2)
     positions = batch.positions[0]
     molecule = [0, 1, 2]  # O, H, H of the first water
@@ -101,7 +103,7 @@ def test_closed_path_work_vanishes_only_for_conservative_forces():
     assert abs(closed_path_work_ev(nc, batch, rotation, "direct")) > 2e-5
 
 
-def test_rotation_path_is_closed_and_rigid():
+def test_rotation_path_is_closed_and_rigid(small_batch):
     positions = small_batch().positions[0]
     path = rotation_path(positions, [3, 4, 5], n_points=16)
     torch.testing.assert_close(path.positions[0], positions)

@@ -12,7 +12,7 @@ import torch
 from ipi_ncforces.models.base import Batch, evaluate
 from ipi_ncforces.models.io import load_model, save_model
 from ipi_ncforces.models.qtip4pf import QTIP4PF, R_EQ_ANG, THETA_EQ_DEG, check_water_order
-from ipi_ncforces.models.reference_data import water_monomer_ang
+from ipi_ncforces.models.water_box import water_monomer_ang
 from ipi_ncforces.models.structure_io import read_structure
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -10,7 +10,8 @@ import pytest
 
 from ipi_ncforces.models.base import Batch, evaluate
 from ipi_ncforces.models.qtip4pf import QTIP4PF
-from ipi_ncforces.models.reference_data import box_length_ang, main, plan_segments
+from ipi_ncforces.ipi_driver.reference_data import main, plan_segments
+from ipi_ncforces.models.water_box import box_length_ang
 from ipi_ncforces.models.structure_io import read_structure
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -22,7 +23,7 @@ def test_shipped_start_structures_read_by_ase_and_ipi(name, n_molecules):
     from ipi.utils.units import unit_to_user
 
     path = ROOT / "inputs" / name
-    atoms = ase.io.read(path)  # what ipi_ncforces.ipi_driver.setup.read_species uses
+    atoms = ase.io.read(path)  # plain ASE (extxyz Lattice=) sees the same box as i-PI
     assert list(atoms.numbers) == [8, 1, 1] * n_molecules
     assert atoms.pbc.all()
     # cubic box at 0.997 g/cm^3
@@ -79,7 +80,7 @@ def test_tiny_run_writes_extxyz_labelled_with_the_reference(tmp_path):
 
 
 def test_bad_options_fail_with_one_line(tmp_path, capsys):
-    assert main(["--structure", str(tmp_path / "missing.xyz"), "--out", str(tmp_path / "x.extxyz")]) != 0
+    assert main(["--structure", str(tmp_path / "missing.xyz"), "--out", str(tmp_path / "x.extxyz")]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "--structure" in err
-    assert main(["--frames", "0"]) != 0
+    assert main(["--frames", "0"]) == 2

@@ -14,15 +14,13 @@ import pytest
 
 from ipi_ncforces.inputs import make
 from ipi_ncforces.ipi_driver import runner
-from tests.test_runner_support import write_toy_model, write_water_box
 
 SHIPPED = make.shipped_variants()
 
 
 @pytest.fixture(scope="module")
-def files(tmp_path_factory):
-    d = tmp_path_factory.mktemp("runner")
-    return write_water_box(d / "w8.xyz"), write_toy_model(d / "toy.pt")
+def files(box_file, toy_model_file):
+    return box_file, toy_model_file
 
 
 def _small(rel: str, tmp: Path, structure: Path, tag: str, **changes) -> Path:
@@ -114,7 +112,7 @@ def test_resume_after_kill_reproduces_the_uninterrupted_trajectory(files, tmp_pa
 def test_dead_driver_stops_the_run_with_a_clear_message(files, tmp_path):
     structure, model = files
     xml = _small("nve/nve-direct.xml", tmp_path, structure, "k", steps=100000)
-    proc = subprocess.Popen(_run_cmd(xml, model, tmp_path / "K"), stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(_run_cmd(xml, model, tmp_path / "K", "--max-restarts", "0"), stderr=subprocess.PIPE, text=True)
     _wait_rows(tmp_path / "K" / f"{xml.stem}.out", 3, proc)
     driver_pids = [
         int(p) for p in subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()

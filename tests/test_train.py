@@ -11,18 +11,17 @@ from ipi_ncforces.models.base import Batch, evaluate
 from ipi_ncforces.models.io import load_model
 from ipi_ncforces.models.pair_toy import PairToyModel
 from ipi_ncforces.models.train import main, read_frames
-from tests.test_dualhead import water_box
 
 TINY = ["--width", "8", "--n-rbf", "6", "--cutoff", "3.5", "--batch-size", "2", "--threads", "1"]
 
 
 @pytest.fixture(scope="module")
-def toy_data(tmp_path_factory):
+def toy_data(tmp_path_factory, jittered_water_box):
     """10 small water boxes labelled by the toy pair potential (energies eV, forces eV/A)."""
     reference = PairToyModel(cutoff=3.5, eps_ev=1.0, sigma_ang=0.5).double()
     frames = []
     for seed in range(10):
-        atoms = water_box(seed=seed, jitter_ang=0.15)
+        atoms = jittered_water_box(seed=seed, jitter_ang=0.15)
         prediction = evaluate(reference, Batch.from_ase([atoms]), virial=False)
         atoms.calc = SinglePointCalculator(atoms, energy=float(prediction.energy[0]), forces=prediction.forces[0].numpy())
         frames.append(atoms)
@@ -67,14 +66,14 @@ def test_read_frames_gives_energies_and_forces(toy_data):
 def test_missing_file_is_a_one_line_error(tmp_path, capsys):
     code = main(["--data", str(tmp_path / "nothing.extxyz"), "--variant", "C", "--out", str(tmp_path / "m.pt")])
     err = capsys.readouterr().err.strip()
-    assert code != 0 and "\n" not in err and "nothing.extxyz" in err
+    assert code == 2 and "\n" not in err and "nothing.extxyz" in err
 
 
-def test_frames_without_forces_are_refused(tmp_path, capsys):
+def test_frames_without_forces_are_refused(tmp_path, capsys, jittered_water_box):
     path = tmp_path / "noforces.extxyz"
-    atoms = water_box()
+    atoms = jittered_water_box()
     atoms.info["energy"] = -1.0
     ase.io.write(path, [atoms, atoms, atoms], format="extxyz")
     code = main(["--data", str(path), "--variant", "NC", "--out", str(tmp_path / "m.pt")])
     err = capsys.readouterr().err.strip()
-    assert code != 0 and "\n" not in err and "noforces.extxyz" in err and "forces" in err and "frame 0" in err
+    assert code == 2 and "\n" not in err and "noforces.extxyz" in err and "forces" in err and "frame 0" in err

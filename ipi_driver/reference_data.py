@@ -17,152 +17,31 @@ computed with the converged :class:`QTIP4PF` on the positions exactly as i-PI wr
 
 ``ipi-nc reference-data --start-structure inputs/water64.xyz --molecules 64`` makes the
 equilibrated start structures shipped in inputs/ (lattice of randomly oriented monomers at
-0.997 g/cm^3, FIRE relaxation, then ASE Langevin MD at 300 K with the reference potential),
-written in i-PI's xyz format (cell in the comment line, atoms O H H per molecule).
+0.997 g/cm^3, FIRE relaxation, then ASE Langevin MD at 300 K with the reference potential;
+:mod:`ipi_ncforces.models.water_box`), written in i-PI's xyz format.
+
+The i-PI inputs come from :mod:`ipi_ncforces.inputs.make` and the processes are run by
+:mod:`ipi_ncforces.ipi_driver.launch`.
 """
 
 from __future__ import annotations
 
 import argparse
 import math
-import os
-import re
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
-from ipi_ncforces.models.structure_io import read_structure, write_ipi_xyz
-
-WATER_MASS_G_PER_MOL = 18.01528
-AVOGADRO = 6.02214076e23
-DEFAULT_DENSITY_G_CM3 = 0.997
+from ipi_ncforces.inputs import WATER64_XYZ, make
+from ipi_ncforces.ipi_driver import launch
+from ipi_ncforces.ipi_driver.runner import PES_PATH
+from ipi_ncforces.models.structure_io import read_structure
+from ipi_ncforces.models.water_box import DEFAULT_DENSITY_G_CM3, make_start_structure
 
 
-# --------------------------------------------------------------------------- start structures
-def box_length_ang(n_molecules: int, density_g_cm3: float = DEFAULT_DENSITY_G_CM3) -> float:
-    """Edge (A) of the cubic box holding ``n_molecules`` waters at ``density_g_cm3``."""
-    volume_cm3 = n_molecules * WATER_MASS_G_PER_MOL / AVOGADRO / density_g_cm3
-    return (volume_cm3 * 1e24) ** (1.0 / 3.0)
-
-
-def _random_rotation(rng: np.random.Generator) -> np.ndarray:
-    """Uniformly distributed 3x3 rotation (from a random unit quaternion)."""
-    q = rng.normal(size=4)
-    w, x, y, z = q / np.linalg.norm(q)
-    return np.array(
-        [
-            [1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
-            [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
-            [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)],
-        ]
-    )
-
-
-def water_monomer_ang() -> np.ndarray:
-    """(3, 3) O, H, H positions (A) of the q-TIP4P/F equilibrium monomer, O at the origin."""
-    from ipi_ncforces.models.qtip4pf import R_EQ_ANG, THETA_EQ_DEG
-
-    half = math.radians(THETA_EQ_DEG) / 2
-    return np.array(
-        [
-            [0.0, 0.0, 0.0],
-            [R_EQ_ANG * math.sin(half), 0.0, R_EQ_ANG * math.cos(half)],
-            [-R_EQ_ANG * math.sin(half), 0.0, R_EQ_ANG * math.cos(half)],
-        ]
-    )
-
-
-def lattice_water_box(n_molecules: int, density_g_cm3: float = DEFAULT_DENSITY_G_CM3, seed: int = 0):
-    """ase.Atoms: ``n_molecules`` randomly oriented monomers on random sites of a cubic grid,
-    periodic cubic box at ``density_g_cm3``; atoms ordered O H H."""
-    import ase
-
-    rng = np.random.default_rng(seed)
-    length = box_length_ang(n_molecules, density_g_cm3)
-    n_side = math.ceil(n_molecules ** (1.0 / 3.0) - 1e-9)
-    grid = np.stack(np.meshgrid(*[np.arange(n_side)] * 3, indexing="ij"), -1).reshape(-1, 3)
-    chosen = grid[rng.choice(len(grid), size=n_molecules, replace=False)]
-    monomer = water_monomer_ang()
-    centre = monomer.mean(axis=0)
-    positions = [
-        (monomer - centre) @ _random_rotation(rng).T + (site + 0.5) * length / n_side for site in chosen
-    ]
-    return ase.Atoms("OHH" * n_molecules, positions=np.concatenate(positions), cell=[length] * 3, pbc=True)
-
-
-def set_temperature(atoms, temperature_k: float, seed: int = 0) -> None:
-    """Maxwell-Boltzmann momenta at ``temperature_k`` (ASE >= 3.29 name, older fallback)."""
-    try:
-        from ase.md.velocitydistribution import thermalize_momenta
-    except ImportError:  # ASE < 3.29
-        from ase.md.velocitydistribution import MaxwellBoltzmannDistribution as thermalize_momenta
-    thermalize_momenta(atoms, temperature_K=temperature_k, rng=np.random.default_rng(seed))
-
-
-def equilibrate(atoms, model, temperature_k: float, time_ps: float, seed: int = 0, log=print):
-    """Relax (FIRE) then run ASE Langevin NVT (dt 0.5 fs, friction 0.01/fs) with ``model``."""
-    from ase import units
-    from ase.md.langevin import Langevin
-    from ase.optimize import FIRE
-
-    from ipi_ncforces.models.ase_calculator import ModelCalculator
-
-    atoms = atoms.copy()
-    atoms.calc = ModelCalculator(model)
-    FIRE(atoms, logfile=None).run(fmax=0.5, steps=300)
-    set_temperature(atoms, temperature_k, seed)
-    dt_fs = 0.5
-    dyn = Langevin(
-        atoms, timestep=dt_fs * units.fs, temperature_K=temperature_k, friction=0.01 / units.fs,
-        fixcm=False, rng=np.random.default_rng(seed + 1),
-    )
-    n_steps = int(round(time_ps * 1000 / dt_fs))
-    report = max(1, n_steps // 10)
-    start = time.perf_counter()
-    for done in range(0, n_steps, report):
-        dyn.run(min(report, n_steps - done))
-        log(
-            f"  equilibration {(done + min(report, n_steps - done)) * dt_fs / 1000:.2f}/{time_ps:.2f} ps: "
-            f"T = {atoms.get_temperature():6.1f} K, E_pot = {atoms.get_potential_energy():9.4f} eV "
-            f"({time.perf_counter() - start:.0f} s)"
-        )
-    atoms.calc = None
-    return atoms
-
-
-def make_start_structure(
-    out: str | Path, n_molecules: int, seed: int = 0, time_ps: float = 3.0, temperature_k: float = 300.0,
-    density_g_cm3: float = DEFAULT_DENSITY_G_CM3, log=print,
-) -> Path:
-    """Build, equilibrate with q-TIP4P/F and write an i-PI xyz start structure."""
-    from ipi_ncforces.models.qtip4pf import QTIP4PF
-
-    atoms = lattice_water_box(n_molecules, density_g_cm3, seed)
-    log(
-        f"start structure: {n_molecules} H2O in a {atoms.cell.lengths()[0]:.4f} A cubic box "
-        f"({density_g_cm3} g/cm^3), {time_ps} ps at {temperature_k} K"
-    )
-    atoms = equilibrate(atoms, QTIP4PF(), temperature_k, time_ps, seed=seed, log=log)
-    atoms.wrap()
-    # wrapping may split molecules across the box: harmless (q-TIP4P/F uses minimum-image
-    # O-H vectors) but keep them whole for viewers: move H next to their O
-    pos = atoms.positions.reshape(-1, 3, 3)
-    cell = atoms.cell.array
-    for k in (1, 2):
-        d = pos[:, k] - pos[:, 0]
-        frac = np.linalg.solve(cell.T, d.T).T
-        pos[:, k] = pos[:, 0] + d - np.round(frac) @ cell
-    atoms.positions = pos.reshape(-1, 3)
-    return write_ipi_xyz(atoms, out)
-
-
-# --------------------------------------------------------------------------- i-PI sampling
 @dataclass
 class Segment:
     """One i-PI run. temperature_k: K; nbeads: 1 = classical; frames: frames wanted (all beads);
@@ -189,38 +68,6 @@ class Segment:
 
 # Ewald settings of the model that drives i-PI's dynamics (labels always use QTIP4PF())
 SAMPLING_EWALD = {"real_cutoff": 8.0, "ewald_alpha": 0.35, "kspace_cutoff": 2.8}
-
-IPI_INPUT = """<simulation verbosity="low" safe_stride="1000000">
-  <output prefix="sim">
-    <properties stride="{stride}" filename="out"> [ step, time{{picosecond}}, temperature{{kelvin}}, potential{{electronvolt}} ] </properties>
-    <trajectory filename="pos" stride="{stride}" format="xyz" cell_units="angstrom"> positions{{angstrom}} </trajectory>
-    <checkpoint stride="1000000"/>
-  </output>
-  <total_steps> {total_steps} </total_steps>
-  <prng><seed> {seed} </seed></prng>
-  <ffdirect name="qtip4pf">
-    <pes>custom</pes>
-    <pes_path> {pes_path} </pes_path>
-    <parameters>{{model: {model}, template: {template}, mode: conservative}}</parameters>
-    <batch_size> {nbeads} </batch_size>
-  </ffdirect>
-  <system>
-    <initialize nbeads="{nbeads}">
-      <file mode="xyz"> {structure} </file>
-      <velocities mode="thermal" units="kelvin"> {temperature} </velocities>
-    </initialize>
-    <forces> <force forcefield="qtip4pf"/> </forces>
-    <ensemble> <temperature units="kelvin"> {temperature} </temperature> </ensemble>
-    <motion mode="dynamics">
-      <dynamics mode="nvt">
-        <timestep units="femtosecond"> {dt_fs} </timestep>
-        <thermostat mode="{thermostat}"> <tau units="femtosecond"> {tau_fs} </tau> </thermostat>
-      </dynamics>
-    </motion>
-  </system>
-</simulation>
-"""
-
 
 def plan_segments(
     frames: int, stride_fs: float, dt_fs: float, seed: int, nbeads: int, hot_temperatures_k: list[float],
@@ -254,71 +101,47 @@ def plan_segments(
     return [s for s in segments if s.frames > 0]
 
 
-def _ipi_command() -> list[str]:
-    script = Path(sys.executable).with_name("i-pi")
-    if script.exists():
-        return [sys.executable, str(script)]
-    found = shutil.which("i-pi")
-    if not found:
-        raise FileNotFoundError("the i-pi executable was not found next to this Python or on PATH; pip install ipi")
-    return [found]
-
-
-def start_segment(segment: Segment, workdir: Path, model_path: Path, structure: Path, dt_fs: float):
-    """Write the i-PI input for ``segment`` into workdir/<name>/ and start i-PI there."""
-    import ipi_ncforces.ipi_driver.pes as pes
-
-    run_dir = workdir / segment.name
-    run_dir.mkdir(parents=True, exist_ok=True)
-    xml = IPI_INPUT.format(
-        stride=segment.stride_steps, total_steps=segment.total_steps, seed=segment.seed,
-        pes_path=Path(pes.__file__).resolve(), model=model_path.resolve(), template=structure.resolve(),
-        nbeads=segment.nbeads, structure=structure.resolve(), temperature=segment.temperature_k, dt_fs=dt_fs,
-        thermostat="pile_l" if segment.nbeads > 1 else "langevin", tau_fs=segment.tau_fs,
+def segment_variant(segment: Segment, model_path: Path, structure: Path, dt_fs: float) -> make.Variant:
+    """The i-PI input of one segment: NVT (Langevin, or PILE-L for beads) with our PES in
+    ``<ffdirect>`` (all beads in one call), properties and every bead's positions (A) each
+    ``stride_steps``."""
+    stride = segment.stride_steps
+    return make.Variant(
+        name="sim", ensemble="nvt", thermostat="pile_l" if segment.nbeads > 1 else "langevin",
+        tau_fs=segment.tau_fs, pile_lambda=1.0, dt_fs=dt_fs, beads=segment.nbeads, steps=segment.total_steps,
+        temperature_k=segment.temperature_k, seed=segment.seed, structure=str(structure.resolve()),
+        sockets="ffdirect", pes_path=str(PES_PATH), model=str(model_path.resolve()), batch_size=segment.nbeads,
+        safe_stride=1000000,
+        outputs=(
+            make.Output("properties", "out", "[ step, time{picosecond}, temperature{kelvin}, potential{electronvolt} ]", stride),
+            make.Output("trajectory", "pos", "positions{angstrom}", stride),
+        ),
     )
-    (run_dir / "input.xml").write_text(xml)
-    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
-    log = open(run_dir / "ipi.log", "w")
-    return subprocess.Popen(_ipi_command() + ["input.xml"], cwd=run_dir, stdout=log, stderr=subprocess.STDOUT, env=env)
 
 
-def _steps_done(run_dir: Path) -> int:
-    out = run_dir / "sim.out"
-    if not out.exists():
-        return 0
-    last = 0
-    for line in out.read_text().splitlines():
-        if line.strip() and not line.startswith("#"):
-            last = int(float(line.split()[0]))
-    return last
+def start_segment(segment: Segment, workdir: Path, model_path: Path, structure: Path, dt_fs: float) -> launch.Process:
+    """Write the i-PI input for ``segment`` into workdir/<name>/ and start i-PI there (one thread)."""
+    run_dir = workdir / segment.name
+    xml = make.write(segment_variant(segment, model_path, structure, dt_fs), run_dir / "input.xml")
+    return launch.start_ipi(xml, run_dir, threads=1)
 
 
 def read_segment_frames(segment: Segment, run_dir: Path) -> list:
     """ase.Atoms frames (after equilibration) from every bead's position trajectory, with info."""
-    import ase
-    from ipi.utils.io import iter_file_raw
-
     files = sorted(run_dir.glob("sim.pos_*.xyz"))
     if len(files) != segment.nbeads:
         raise RuntimeError(f"i-PI run '{run_dir}' wrote {len(files)} position files, expected {segment.nbeads}")
     frames = []
     for bead, path in enumerate(files):
-        with open(path) as handle:
-            for index, raw in enumerate(iter_file_raw("xyz", handle)):
-                found = re.search(r"Step:\s*(\d+)", raw["comment"])
-                step = int(found.group(1)) if found else index * segment.stride_steps
-                if step <= segment.equil_steps:
-                    continue
-                cell = np.asarray(raw["cell"]).reshape(3, 3).T.copy()
-                cell[np.abs(cell) < 1e-9] = 0.0  # cos(90 deg) round-off of the abcABC conversion
-                atoms = ase.Atoms(
-                    symbols=list(raw["names"]), positions=np.asarray(raw["data"]).reshape(-1, 3), cell=cell, pbc=True
-                )
-                atoms.info.update(
-                    {"kind": segment.kind, "temperature_K": segment.temperature_k, "bead": bead,
-                     "nbeads": segment.nbeads, "step": step, "segment": segment.name}
-                )
-                frames.append((step, bead, atoms))
+        for index, atoms in enumerate(read_structure(path, ":")):
+            step = atoms.info.get("step", index * segment.stride_steps)
+            if step <= segment.equil_steps:
+                continue
+            atoms.info.update(
+                {"kind": segment.kind, "temperature_K": segment.temperature_k, "bead": bead,
+                 "nbeads": segment.nbeads, "step": step, "segment": segment.name}
+            )
+            frames.append((step, bead, atoms))
     frames.sort(key=lambda item: (item[0], item[1]))
     return [atoms for _, _, atoms in frames][: segment.frames]
 
@@ -326,6 +149,7 @@ def read_segment_frames(segment: Segment, run_dir: Path) -> list:
 def label_frames(frames: list, model, chunk: int = 8) -> list:
     """Attach q-TIP4P/F energy (eV), forces (eV/A), stress (eV/A^3) and info['virial'] (eV)."""
     from ase.calculators.singlepoint import SinglePointCalculator
+    from ase.stress import full_3x3_to_voigt_6_stress
 
     from ipi_ncforces.models.base import Batch, evaluate
 
@@ -340,7 +164,7 @@ def label_frames(frames: list, model, chunk: int = 8) -> list:
                 atoms,
                 energy=float(p.energy[k]),
                 forces=p.forces[k].numpy(),
-                stress=np.array([sigma[0, 0], sigma[1, 1], sigma[2, 2], sigma[1, 2], sigma[0, 2], sigma[0, 1]]),
+                stress=full_3x3_to_voigt_6_stress(sigma),
             )
     return frames
 
@@ -353,22 +177,22 @@ def _run_all(pending, running, results, timings, workdir, model_path, structure,
             s = pending.pop(0)
             running[s.name] = (s, start_segment(s, workdir, model_path, structure, dt_fs), time.perf_counter())
         time.sleep(0.5)
-        for name, (s, proc, t0) in list(running.items()):
-            if proc.poll() is None:
+        for name, (s, ipi, t0) in list(running.items()):
+            if ipi.running():
                 continue
             del running[name]
-            run_dir = workdir / name
-            if proc.returncode != 0:
-                tail = (run_dir / "ipi.log").read_text().strip().splitlines()[-5:]
-                raise RuntimeError(f"i-PI failed for segment {name} (exit {proc.returncode}; see {run_dir}/ipi.log): "
-                                   + " | ".join(tail))
+            if ipi.returncode != 0:
+                raise RuntimeError(
+                    f"i-PI failed for segment {name} (exit {ipi.returncode}; see {ipi.log_path}): {ipi.log_tail(5)}"
+                )
             timings[name] = time.perf_counter() - t0
-            results[name] = read_segment_frames(s, run_dir)
+            results[name] = read_segment_frames(s, workdir / name)
             log(f"segment {name} done: {len(results[name])} frames in {timings[name]:.0f} s")
         if running and time.perf_counter() - last_report > 15:
             last_report = time.perf_counter()
             progress = ", ".join(
-                f"{n} {_steps_done(workdir / n)}/{s.total_steps}" for n, (s, _, _) in running.items()
+                f"{n} {max(0, launch.StepFollower(workdir / n / 'sim.out').poll())}/{s.total_steps}"
+                for n, (s, _, _) in running.items()
             )
             log(f"  [{last_report - start:5.0f} s] steps: {progress}")
 
@@ -404,13 +228,13 @@ def generate(
     timings: dict[str, float] = {}
     start = time.perf_counter()
     pending = sorted(segments, key=lambda s: -s.total_steps * s.nbeads)  # longest first
-    running: dict[str, tuple[Segment, subprocess.Popen, float]] = {}
+    running: dict[str, tuple[Segment, launch.Process, float]] = {}
     results: dict[str, list] = {}
     try:
         _run_all(pending, running, results, timings, workdir, model_path, structure, dt_fs, jobs, start, log)
     finally:  # never leave i-PI processes behind (error, Ctrl-C)
-        for _, proc, _ in running.values():
-            proc.terminate()
+        for _, ipi, _ in running.values():
+            ipi.stop()
     timings["md_total"] = time.perf_counter() - start
 
     t0 = time.perf_counter()
@@ -436,7 +260,6 @@ def generate(
 
 # --------------------------------------------------------------------------- command line
 def build_parser() -> argparse.ArgumentParser:
-    root = Path(__file__).resolve().parents[1]
     parser = argparse.ArgumentParser(
         prog="ipi-nc reference-data",
         description=(
@@ -450,7 +273,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--out", type=Path, default=Path("data/water-train.extxyz"), help="extxyz file to write")
     parser.add_argument("--frames", type=int, default=1200, help="total frames (40%% classical, 40%% PIMD beads, 20%% hot)")
-    parser.add_argument("--structure", type=Path, default=root / "inputs" / "water64.xyz",
+    parser.add_argument("--structure", type=Path, default=WATER64_XYZ,
                         help="start structure (i-PI xyz with CELL(abcABC) comment, atoms O H H per molecule)")
     parser.add_argument("--seed", type=int, default=12345, help="random seed of i-PI's thermostats/velocities")
     parser.add_argument("--stride-fs", type=float, default=10.0, help="time between sampled frames (fs)")
@@ -505,8 +328,11 @@ def main(argv: list[str] | None = None) -> int:
             dt_fs=args.dt_fs, nbeads=args.nbeads, hot_temperatures_k=list(args.hot_temperatures), jobs=args.jobs,
             workdir=args.workdir, exact_sampling=args.exact_sampling,
         )
-    except (ValueError, RuntimeError, FileNotFoundError) as exc:
+    except (ValueError, FileNotFoundError) as exc:
         return fail(str(exc).splitlines()[0])
+    except RuntimeError as exc:  # an i-PI run failed (LaunchError is a RuntimeError)
+        print(f"ipi-nc reference-data: {str(exc).splitlines()[0]}", file=sys.stderr)
+        return 1
     return 0
 
 

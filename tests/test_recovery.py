@@ -1,0 +1,174 @@
+"""`ipi-nc run` survives killed processes: a SIGKILLed driver is replaced, an i-PI that hangs
+on the dead driver or is itself SIGKILLed is restarted from its newest checkpoint (or, with
+--max-restarts 0, by `--resume`). Every run must end with every step in the properties file
+and the trajectory exactly once, and read by the analysis as one run.
+
+Real i-PI, real drivers, toy model, 8 waters (24 atoms); each test takes 15-35 s."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ipi_ncforces.analysis.readers import find_run, read_properties, read_traj
+from ipi_ncforces.inputs import make
+
+SHIPPED = make.shipped_variants()
+STEPS = 60
+
+
+def _input(tmp: Path, structure: Path, tag: str, rel: str = "nve/nve-direct.xml", **changes) -> Path:
+    """A shipped input on the small box: a properties row, a position frame every step,
+    a checkpoint every 10 steps (dt 0.5 fs), unique socket name."""
+    v = SHIPPED[rel]
+    common = dict(steps=STEPS, properties_fs=0.5, positions_fs=0.5, checkpoint_fs=5.0)
+    name = f"r{os.getpid()}-{tag}-{v.name}"
+    return make.write(make.with_changes(v, name=name, structure=str(structure), **{**common, **changes}), tmp / f"{name}.xml")
+
+
+def _run_cmd(xml: Path, model: Path, workdir: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "ipi_ncforces.cli", "run", str(xml), "--model", str(model),
+            "--workdir", str(workdir), "--quiet", *extra]
+
+
+def _rows(path: Path) -> int:
+    if not path.is_file():
+        return 0
+    return sum(1 for ln in path.read_text().splitlines() if ln.strip() and not ln.startswith("#"))
+
+
+def _wait_rows(path: Path, n: int, proc: subprocess.Popen, timeout_s: float = 90.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while _rows(path) < n:
+        assert proc.poll() is None, "the run ended before it could be interrupted"
+        assert time.monotonic() < deadline, f"{path} never reached {n} rows"
+        time.sleep(0.02)
+
+
+def _children(pid: int, word: bytes) -> list[int]:
+    """Child processes of ``pid`` whose command line contains ``word``."""
+    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()
+    return [int(p) for p in out if word in Path(f"/proc/{p}/cmdline").read_bytes()]
+
+
+def _seconds_until_rows_advance(path: Path, proc: subprocess.Popen, t_kill: float, timeout_s: float = 90.0) -> float:
+    """Seconds from ``t_kill`` until the properties file gets a row beyond what it held then."""
+    before = _rows(path)
+    deadline = time.monotonic() + timeout_s
+    while _rows(path) <= before and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return time.monotonic() - t_kill
+
+
+def _check_every_step_once(workdir: Path, steps: int = STEPS) -> None:
+    """Properties and position trajectory hold steps 0..steps once each, in order, and the
+    analysis reads the directory as one run."""
+    run = find_run(workdir)
+    props = read_properties(run.properties)
+    np.testing.assert_array_equal(props["step"], np.arange(steps + 1))
+    traj = read_traj(run.trajectory_files("positions")[0])
+    np.testing.assert_array_equal(traj.steps, np.arange(steps + 1))
+    assert not props.warnings and not traj.warnings, props.warnings + traj.warnings
+    assert np.all(np.isfinite(props["conserved"]))
+
+
+def _recovery_lines(err: str) -> list[str]:
+    return [ln for ln in err.splitlines() if "recovery" in ln]
+
+
+def test_killed_driver_is_replaced_and_every_step_is_written_once(box_file, toy_model_file, tmp_path):
+    xml = _input(tmp_path, box_file, "d")
+    work = tmp_path / "run"
+    proc = subprocess.Popen(_run_cmd(xml, toy_model_file, work), stderr=subprocess.PIPE, text=True)
+    out = work / f"{xml.stem}.out"
+    _wait_rows(out, 15, proc)
+    os.kill(_children(proc.pid, b"driver")[0], signal.SIGKILL)
+    t_kill = time.monotonic()
+    recovery_s = _seconds_until_rows_advance(out, proc, t_kill)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    lines = _recovery_lines(err)
+    assert len(lines) == 1 and "recovery 1/3" in lines[0] and "starting a new driver" in lines[0], err
+    assert "restarting i-PI" not in err  # the same i-PI went on
+    _check_every_step_once(work)
+    # NVE is deterministic: the replaced driver continued the very trajectory of an uninterrupted run
+    ref = tmp_path / "ref"
+    assert subprocess.run(_run_cmd(xml, toy_model_file, ref)).returncode == 0
+    a = np.loadtxt(ref / f"{xml.stem}.out", ndmin=2)
+    b = np.loadtxt(out, ndmin=2)
+    np.testing.assert_allclose(b, a, rtol=1e-12, atol=1e-14)
+    print(f"\nrecovery after driver SIGKILL: {recovery_s:.2f} s from kill to the next step")
+
+
+def test_driver_killed_under_consolidated_messages_restarts_ipi_from_checkpoint(box_file, toy_model_file, tmp_path):
+    # consolidate_messages true (the user's choice, kept by the runner): i-PI 3.3.1's poller
+    # dies on the reset connection and i-PI hangs; after --hang-timeout without a step the
+    # runner stops it and continues from the newest checkpoint with new drivers
+    xml = _input(tmp_path, box_file, "h", consolidate_messages=True)
+    work = tmp_path / "run"
+    proc = subprocess.Popen(_run_cmd(xml, toy_model_file, work, "--hang-timeout", "6"), stderr=subprocess.PIPE, text=True)
+    out = work / f"{xml.stem}.out"
+    _wait_rows(out, 25, proc)
+    os.kill(_children(proc.pid, b"driver")[0], signal.SIGKILL)
+    t_kill = time.monotonic()
+    recovery_s = _seconds_until_rows_advance(out, proc, t_kill)  # rows resume after the restart's truncation
+    _, err = proc.communicate(timeout=120)
+    total_s = time.monotonic() - t_kill
+    assert proc.returncode == 0, err
+    lines = _recovery_lines(err)
+    assert len(lines) == 2, err  # the new driver, then the i-PI restart
+    assert "starting a new driver" in lines[0]
+    assert "no step for 6 s after a driver died" in lines[1] and "from the checkpoint at step" in lines[1]
+    _check_every_step_once(work)
+    assert total_s > 6  # the hang was waited for
+    print(f"\nrecovery after driver SIGKILL with a hung i-PI: {recovery_s:.2f} s from kill to the next step (--hang-timeout 6)")
+
+
+def test_killed_ipi_is_restarted_from_its_checkpoint(box_file, toy_model_file, tmp_path):
+    xml = _input(tmp_path, box_file, "i")
+    work = tmp_path / "run"
+    proc = subprocess.Popen(_run_cmd(xml, toy_model_file, work), stderr=subprocess.PIPE, text=True)
+    out = work / f"{xml.stem}.out"
+    _wait_rows(out, 25, proc)
+    os.kill(_children(proc.pid, b"i-pi")[0], signal.SIGKILL)
+    t_kill = time.monotonic()
+    # the restart truncates the outputs to the checkpoint step, then they grow past it again
+    deadline = time.monotonic() + 90
+    rows_at_kill = _rows(out)
+    while _rows(out) >= rows_at_kill and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    truncated_to = _rows(out)
+    while _rows(out) <= truncated_to and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    recovery_s = time.monotonic() - t_kill
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    lines = _recovery_lines(err)
+    assert len(lines) == 1 and "i-PI exited with code -9" in lines[0] and "from the checkpoint at step" in lines[0], err
+    chk_step = int(lines[0].rsplit("step", 1)[1])
+    assert chk_step % 10 == 0 and 20 <= chk_step < STEPS  # the newest periodic checkpoint (every 10 steps)
+    _check_every_step_once(work)
+    print(f"\nrecovery after i-PI SIGKILL: {recovery_s:.2f} s from kill to the first new step")
+
+
+def test_killed_ipi_without_restarts_stops_and_resume_completes_the_run(box_file, toy_model_file, tmp_path):
+    xml = _input(tmp_path, box_file, "m")
+    work = tmp_path / "run"
+    proc = subprocess.Popen(_run_cmd(xml, toy_model_file, work, "--max-restarts", "0"), stderr=subprocess.PIPE, text=True)
+    _wait_rows(work / f"{xml.stem}.out", 25, proc)
+    os.kill(_children(proc.pid, b"i-pi")[0], signal.SIGKILL)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 1
+    assert len(err.strip().splitlines()) == 1 and "i-PI exited with code -9" in err and "--resume" in err, err
+    resumed = subprocess.run(_run_cmd(xml, toy_model_file, work, "--resume"), capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    _check_every_step_once(work)
+    drift = subprocess.run([sys.executable, "-m", "ipi_ncforces.cli", "analyze", "drift", str(work), "--out", str(tmp_path / "an")],
+                           capture_output=True, text=True)
+    assert drift.returncode == 0, drift.stderr
