@@ -187,11 +187,9 @@ def analyze_study(model_path: str, structure: str, out: Path, n_starts: int, sig
                   seed: int) -> dict:
     """geop-study with a model file through ``ipi_ncforces.models.ase_calculator.ModelCalculator``
     (our .pt files) or metatomic-ase's ``MetatomicCalculator`` (metatomic files)."""
-    try:
-        from ipi_ncforces.models.ase_calculator import ModelCalculator
-        from ipi_ncforces.models.io import ModelFileError
-    except ImportError as exc:
-        raise AnalysisInputError(f"geop-study needs ipi_ncforces.models.ase_calculator.ModelCalculator ({exc})") from None
+    from ipi_ncforces.models.ase_calculator import ModelCalculator
+    from ipi_ncforces.models.io import ModelFileError
+
     try:
         atoms = read_structure(structure)
     except Exception as exc:

@@ -30,12 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from ipi.scripting.parsing import read_output, read_trajectory
 from ipi.utils.units import unit_to_internal, unit_to_user
-
-try:  # i-PI >= 3.3 moved the parsers; keep the old location working
-    from ipi.scripting.parsing import read_output, read_trajectory
-except ImportError:  # pragma: no cover
-    from ipi.utils.parsing import read_output, read_trajectory
 
 # i-PI dimension -> unit string used by the analysis (i-PI unit names)
 ANALYSIS_UNITS: dict[str, str] = {
@@ -318,8 +314,6 @@ def read_traj(path: str | os.PathLike) -> Trajectory:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)
             frames = read_trajectory(read_path, format="ase" if fmt == "extxyz" else fmt)
-    except AnalysisInputError:
-        raise
     except Exception as exc:
         raise AnalysisInputError(f"{path}: i-PI could not read this trajectory ({type(exc).__name__}: {exc})") from None
     finally:
@@ -344,10 +338,6 @@ def read_traj(path: str | os.PathLike) -> Trajectory:
         steps = np.array(xyz_steps, dtype=int)
     else:
         steps = np.array([f.info.get("step", i) for i, f in enumerate(frames)], dtype=int)
-    bead = None
-    comment_bead = re.search(r"_(\d+)\.\w+$", path.name)
-    if comment_bead:
-        bead = int(comment_bead.group(1))
     return Trajectory(
         path=path,
         kind=kind,
@@ -356,7 +346,7 @@ def read_traj(path: str | os.PathLike) -> Trajectory:
         steps=steps,
         data=data,
         cells=np.array([np.asarray(f.cell) for f in frames]),
-        bead=bead,
+        bead=_bead_index(path),
         warnings=messages,
     )
 
@@ -387,6 +377,12 @@ class RunFiles:
             raise AnalysisInputError(f"{self.prefix}: {missing}")
         beads = [read_traj(p) for p in files]
         return beads, [w for b in beads for w in b.warnings]
+
+
+def _bead_index(path: Path) -> int | None:
+    """Bead of a per-bead trajectory (``<prefix>.pos_03.xyz`` -> 3); None for one without."""
+    match = re.search(r"_(\d+)\.\w+$", path.name)
+    return int(match.group(1)) if match else None
 
 
 def _is_properties_file(path: Path) -> bool:
@@ -423,30 +419,21 @@ def find_run(run: str | os.PathLike) -> RunFiles:
             raise AnalysisInputError(f"{run}: neither a directory nor an i-PI output prefix")
         name = prefix.name if prefix.name not in ("simulation", "sim") else prefix.resolve().parent.name
     siblings = sorted(prefix.parent.glob(prefix.name + ".*"))
-    properties = None
-    if (prefix.parent / (prefix.name + ".out")).is_file():
-        properties = prefix.parent / (prefix.name + ".out")
-    else:
-        others = [p for p in siblings if _is_properties_file(p)]
-        properties = others[0] if others else None
+    out_file = prefix.parent / (prefix.name + ".out")
+    properties = out_file if out_file.is_file() else next((p for p in siblings if _is_properties_file(p)), None)
     trajectories: dict[str, list[Path]] = {}
     for p in siblings:
         if p.suffix.lstrip(".") in TRAJECTORY_EXTENSIONS and p.name.count(".") >= 2:
             trajectories.setdefault(trajectory_kind(p), []).append(p)
-
-    def bead_key(p: Path) -> tuple[int, str]:
-        m = re.search(r"_(\d+)\.\w+$", p.name)
-        return (int(m.group(1)) if m else -1, p.name)
-
-    for kind in trajectories:
-        trajectories[kind].sort(key=bead_key)
+    for files in trajectories.values():
+        files.sort(key=lambda p: (_bead_index(p) if _bead_index(p) is not None else -1, p.name))
     if properties is None and not trajectories:
         raise AnalysisInputError(f"{run}: neither a directory of i-PI outputs nor an output prefix "
                                  f"(no files {prefix}.*); pass runs/NAME/ or runs/NAME/simulation")
     return RunFiles(name=name, prefix=prefix, properties=properties, trajectories=trajectories)
 
 
-def timestep_ps(run: RunFiles, override_fs: float | None = None, messages: list[str] | None = None) -> float:
+def timestep_ps(run: RunFiles, override_fs: float | None = None) -> float:
     """Time per MD step in ps: from --timestep-fs, else from the time/step columns."""
     if override_fs is not None:
         return override_fs * 1e-3

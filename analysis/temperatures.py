@@ -24,8 +24,8 @@ from ipi.utils.nmtransform import mk_nm_matrix
 from ipi.utils.units import Constants, unit_to_internal, unit_to_user
 
 from ipi_ncforces.analysis import plotting
-from ipi_ncforces.analysis.readers import (AnalysisInputError, RunFiles, Trajectory, read_properties, read_traj,
-                              species_masks, timestep_ps, warn)
+from ipi_ncforces.analysis.readers import (AnalysisInputError, RunFiles, Trajectory, read_properties,
+                                           species_masks, timestep_ps, warn)
 from ipi_ncforces.analysis.report import fmt, markdown_table, write_report
 from ipi_ncforces.analysis.stats import block_average
 
@@ -58,12 +58,8 @@ def label_of_column(name: str) -> str | None:
 
 def temperatures_from_properties(props) -> dict[str, np.ndarray]:
     """Label -> temperature series (K) for every temperature column i-PI wrote."""
-    out = {}
-    for name, values in props.values.items():
-        label = label_of_column(name)
-        if label is not None and np.ndim(values) == 1:
-            out[label] = values
-    return out
+    return {label_of_column(name): values for name, values in props.values.items()
+            if label_of_column(name) is not None and np.ndim(values) == 1}
 
 
 def temperatures_from_velocities(beads: list[Trajectory], messages: list[str] | None = None) -> tuple[dict[str, np.ndarray], dict]:
@@ -126,12 +122,10 @@ def temperatures_of(run: RunFiles, skip_ps: float = 0.0, source: str = "auto",
     has_species = any(k.startswith("T_") and k[2:].isalpha() and k != "T_centroid" for k in series)
     want_velocities = source == "velocities" or (source == "auto" and bool(velocity_files) and not has_species)
     if want_velocities:
-        if not velocity_files:
-            raise AnalysisInputError(f"{run.prefix}: no velocity trajectory (add <trajectory filename='vel'>"
-                                     f"velocities</trajectory> to the i-PI input) for --source velocities")
-        beads = [read_traj(p) for p in velocity_files]
-        for b in beads:
-            messages += b.warnings
+        beads, bead_warnings = run.read_beads(("velocities",), "no velocity trajectory (add <trajectory "
+                                              "filename='vel'>velocities</trajectory> to the i-PI input) for "
+                                              "--source velocities")
+        messages += bead_warnings
         found, info = temperatures_from_velocities(beads, messages)
         if skip_ps > 0:
             dt = timestep_ps(run, timestep_fs)
@@ -142,9 +136,8 @@ def temperatures_of(run: RunFiles, skip_ps: float = 0.0, source: str = "auto",
             if k not in series:
                 series[k] = v
                 sources[k] = "velocities"
-        note = "COM momentum is zero in the file: 3 M_s/M dof removed per species" if info["com_removed"] \
-            else "COM momentum not fixed: 3 N_s dof per species"
-        info["note"] = note
+        info["note"] = ("COM momentum is zero in the file: 3 M_s/M dof removed per species" if info["com_removed"]
+                        else "COM momentum not fixed: 3 N_s dof per species")
     if not series:
         raise AnalysisInputError(
             f"{run.prefix}: no temperature data; write temperature, temperature(H)... properties or a "

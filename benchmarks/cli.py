@@ -48,8 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", choices=("float32", "float64"), help="default float64 on cpu, float32 on cuda")
     p.add_argument(
         "--model",
-        help="model file (default models/data/water-m.pt; without it an untrained DualHeadPotential, "
-        "else the PairToyModel; the JSON records which)",
+        help="model file (default models/data/water-m.pt; without it an untrained DualHeadPotential; "
+        "the JSON records which)",
     )
     p.add_argument("--quick", action="store_true", help="smoke version: 192 atoms, few steps, MTS M=2, 4 beads")
     p.add_argument(
@@ -67,20 +67,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+
+    def fail(message: str) -> int:
+        print(f"ipi-nc bench: {message}", file=sys.stderr)
+        return 2
+
     only = [b.strip() for b in args.only.split(",") if b.strip()]
     unknown = [b for b in only if b not in BENCHMARKS + OPT_IN]
     if unknown:
-        print(f"ipi-nc bench: unknown benchmark '{unknown[0]}' (--only): choose from {', '.join(BENCHMARKS + OPT_IN)}", file=sys.stderr)
-        return 2
+        return fail(f"unknown benchmark '{unknown[0]}' (--only): choose from {', '.join(BENCHMARKS + OPT_IN)}")
     if args.device.startswith("cuda") and not torch.cuda.is_available():
-        print(f"ipi-nc bench: --device {args.device} but torch sees no CUDA GPU here; use --device cpu", file=sys.stderr)
-        return 2
+        return fail(f"--device {args.device} but torch sees no CUDA GPU here; use --device cpu")
     if args.threads < 1:
-        print("ipi-nc bench: --threads must be >= 1", file=sys.stderr)
-        return 2
+        return fail("--threads must be >= 1")
     if args.soak_steps is not None and args.soak_steps < 1:
-        print("ipi-nc bench: --soak-steps must be >= 1", file=sys.stderr)
-        return 2
+        return fail("--soak-steps must be >= 1")
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -88,8 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         model_path, model_info = resolve_model(args.model, out / "work")
     except ValueError as exc:  # ModelFileError: one line naming the file
-        print(f"ipi-nc bench: {exc} (--model)", file=sys.stderr)
-        return 2
+        return fail(f"{exc} (--model)")
     cfg = BenchConfig(
         out=out,
         device=args.device,
@@ -128,23 +128,19 @@ def main(argv: list[str] | None = None) -> int:
         f"load average {results['machine']['load_average_1min']:.2f} at start.",
     ]
     t_start = time.perf_counter()
-    modules = {"cost": cost, "md": md, "overhead": overhead, "pimd": pimd}
+    modules = {"cost": cost, "scaling": scaling, "md": md, "overhead": overhead, "pimd": pimd, "soak": soak,
+               "metatomic": metatomic_bench}
     for name in BENCHMARKS + OPT_IN:
         if name not in only:
             continue
         t0 = time.perf_counter()
         if name == "scaling":
             section = scaling.run(cfg, results.get("cost"))
-            text = scaling.markdown(section)
-        elif name == "metatomic":
-            section = metatomic_bench.run(cfg)
-            text = metatomic_bench.markdown(section)
         elif name == "soak":
             section = soak.run(cfg, args.soak_steps)
-            text = soak.markdown(section)
         else:
             section = modules[name].run(cfg)
-            text = modules[name].markdown(section)
+        text = modules[name].markdown(section)
         section["elapsed_s"] = time.perf_counter() - t0
         results[name] = section
         markdown += ["", text]

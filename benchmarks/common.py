@@ -141,7 +141,7 @@ def resolve_model(model_arg: str | None, work: Path) -> tuple[Path, dict]:
     """The model under test and a description for the JSON.
 
     Order: ``--model`` if given; the shipped M model; an untrained DualHeadPotential (same
-    architecture, so the same cost); the analytic PairToyModel (cost NOT representative).
+    architecture, so the same cost).
     """
     from ipi_ncforces.models.io import load_model, save_model
 
@@ -165,28 +165,16 @@ def resolve_model(model_arg: str | None, work: Path) -> tuple[Path, dict]:
         model = load_model(path)
         source = "shipped M model"
     else:
+        from ipi_ncforces.models.dualhead import DualHeadPotential
+
         work.mkdir(parents=True, exist_ok=True)
-        try:
-            from ipi_ncforces.models.dualhead import DualHeadPotential
-
-            model = DualHeadPotential()
-            source = "untrained DualHeadPotential (models/data/water-m.pt absent; same cost as trained)"
-            path = work / "bench-dualhead.pt"
-        except ImportError:
-            from ipi_ncforces.models.pair_toy import PairToyModel
-
-            model = PairToyModel()
-            source = "PairToyModel (no M model available; cost not representative of an ML model)"
-            path = work / "bench-pairtoy.pt"
+        model = DualHeadPotential()
+        source = "untrained DualHeadPotential (models/data/water-m.pt absent; same cost as trained)"
+        path = work / "bench-dualhead.pt"
         save_model(model, path, {"note": "benchmark stand-in"})
-    n_params = sum(p.numel() for p in model.parameters())
     info = {
-        "path": str(path),
-        "source": source,
-        "model_type": model.model_type,
-        "heads": list(model.heads),
-        "cutoff_ang": model.cutoff,
-        "n_parameters": int(n_params),
+        "path": str(path), "source": source, "model_type": model.model_type, "heads": list(model.heads),
+        "cutoff_ang": model.cutoff, "n_parameters": int(sum(p.numel() for p in model.parameters())),
         "config": {k: v for k, v in model.config().items() if isinstance(v, (int, float, str, list, bool))},
     }
     return path, info
@@ -197,6 +185,8 @@ def resolve_model(model_arg: str | None, work: Path) -> tuple[Path, dict]:
 
 def machine_info(device: str) -> dict:
     """What the numbers were measured on."""
+    import ipi
+
     info = {
         "platform": platform.platform(),
         "processor": platform.processor() or platform.machine(),
@@ -205,13 +195,8 @@ def machine_info(device: str) -> dict:
         "torch_threads": torch.get_num_threads(),
         "load_average_1min": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
         "device": device,
+        "ipi": getattr(ipi, "__version__", "unknown"),
     }
-    try:
-        import ipi
-
-        info["ipi"] = getattr(ipi, "__version__", "unknown")
-    except ImportError:  # pragma: no cover
-        pass
     if torch.device(device).type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(torch.device(device))
     return info

@@ -12,14 +12,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ipi_ncforces.benchmarks.common import (
-    BenchConfig,
-    interleaved,
-    markdown_table,
-    ratio_stats,
-    stats_ms,
-    water_system,
-)
+from ipi_ncforces.benchmarks.common import BenchConfig, interleaved, markdown_table, ratio_stats, stats_ms, water_system
 from ipi_ncforces.ipi_driver.evaluator import ForceEvaluator
 from ipi_ncforces.models.units import BOHR_PER_ANGSTROM
 from ipi_ncforces.models.base import Batch
@@ -63,17 +56,11 @@ def profile_top_ops(model, batch: Batch, conservative: bool, device: str, top: i
         model.evaluate(batch, conservative=conservative, direct=not conservative)
     sort_key = "self_cuda_time_total" if torch.device(device).type == "cuda" else "self_cpu_time_total"
     events = sorted(prof.key_averages(), key=lambda e: getattr(e, sort_key, 0.0), reverse=True)
-    rows = []
-    for event in events[:top]:
-        rows.append(
-            {
-                "op": event.key,
-                "calls": int(event.count),
-                "self_cpu_ms": float(event.self_cpu_time_total) / 1e3,
-                "self_device_ms": float(getattr(event, "self_device_time_total", 0.0)) / 1e3,
-            }
-        )
-    return rows
+    return [
+        {"op": event.key, "calls": int(event.count), "self_cpu_ms": float(event.self_cpu_time_total) / 1e3,
+         "self_device_ms": float(getattr(event, "self_device_time_total", 0.0)) / 1e3}
+        for event in events[:top]
+    ]
 
 
 def measure_size(model, n_atoms: int, cfg: BenchConfig) -> dict:
@@ -100,15 +87,12 @@ def measure_size(model, n_atoms: int, cfg: BenchConfig) -> dict:
         "neighbour_list_fraction_of_direct": ratio_stats(samples["neighbour_list"], samples["bare_direct"]),
     }
     # the evaluator's own splits (host->device, model, device->host), warm-up excluded
-    splits = {}
-    for name, ev in (("direct", direct_eval), ("conservative", cons_eval)):
-        t = ev.timings
-        splits[name] = {
-            "copy_in_ms": 1e3 * float(np.median(t.to_device[1:])),
-            "model_ms": 1e3 * float(np.median(t.model[1:])),
-            "copy_out_ms": 1e3 * float(np.median(t.to_host[1:])),
-        }
-    result["evaluator_splits"] = splits
+    result["evaluator_splits"] = {
+        name: {"copy_in_ms": 1e3 * float(np.median(ev.timings.to_device[1:])),
+               "model_ms": 1e3 * float(np.median(ev.timings.model[1:])),
+               "copy_out_ms": 1e3 * float(np.median(ev.timings.to_host[1:]))}
+        for name, ev in (("direct", direct_eval), ("conservative", cons_eval))
+    }
     for mode in ("direct", "conservative"):
         result["times"][f"evaluator_{mode}"]["us_per_atom"] = (
             1e3 * result["times"][f"evaluator_{mode}"]["median_ms"] / n_atoms
@@ -144,30 +128,15 @@ def run(cfg: BenchConfig) -> dict:
 def markdown(section: dict) -> str:
     rows = []
     for res in section["sizes"]:
-        t = res["times"]
-        rows.append(
-            [
-                res["n_atoms"],
-                t["evaluator_direct"]["median_ms"],
-                t["evaluator_conservative"]["median_ms"],
-                f"{res['F_evaluator']['median']:.2f} ({res['F_evaluator']['min']:.2f}-{res['F_evaluator']['max']:.2f})",
-                f"{res['F_bare']['median']:.2f}",
-                t["neighbour_list"]["median_ms"],
-                res["evaluator_splits"]["direct"]["copy_in_ms"] + res["evaluator_splits"]["direct"]["copy_out_ms"],
-                res["repeats"],
-            ]
-        )
+        t, f, splits = res["times"], res["F_evaluator"], res["evaluator_splits"]["direct"]
+        rows.append([
+            res["n_atoms"], t["evaluator_direct"]["median_ms"], t["evaluator_conservative"]["median_ms"],
+            f"{f['median']:.2f} ({f['min']:.2f}-{f['max']:.2f})", f"{res['F_bare']['median']:.2f}",
+            t["neighbour_list"]["median_ms"], splits["copy_in_ms"] + splits["copy_out_ms"], res["repeats"],
+        ])
     text = "### Cost of conservation per evaluation (F = t_cons / t_direct)\n\n" + markdown_table(
-        [
-            "atoms",
-            "direct ms",
-            "conservative ms",
-            "F (min-max)",
-            "F bare model",
-            "neighbour list ms",
-            "copies+conversion ms (direct)",
-            "rounds",
-        ],
+        ["atoms", "direct ms", "conservative ms", "F (min-max)", "F bare model", "neighbour list ms",
+         "copies+conversion ms (direct)", "rounds"],
         rows,
     )
     prof = section.get("profile")

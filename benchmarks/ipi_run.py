@@ -105,13 +105,8 @@ def run_md(v: make.Variant, provider: Provider, workdir: Path, timeout_s: float 
     wall = time.perf_counter() - t0
     log = ipi.log_text()
     times = [float(t) for _, t in STEP_RE.findall(log)]
-    return MDResult(
-        step_times_s=times,
-        wall_s=wall,
-        returncode=rc,
-        log_tail="\n".join(log.splitlines()[-15:]),
-        driver_logs=[d.log_text()[-2000:] for d in drivers],
-    )
+    return MDResult(step_times_s=times, wall_s=wall, returncode=rc, log_tail="\n".join(log.splitlines()[-15:]),
+                    driver_logs=[d.log_text()[-2000:] for d in drivers])
 
 
 def checked(result: MDResult, what: str, steps: int) -> MDResult:

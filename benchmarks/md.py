@@ -54,12 +54,8 @@ def rounds(cfg: BenchConfig) -> int:
 
 def driver_median_ms(logs: list[str]) -> list[float]:
     """Median request time (ms) each driver reported on exit (its own model + copies)."""
-    out = []
-    for text in logs:
-        match = DRIVER_SUMMARY_RE.search(text)
-        if match:
-            out.append(float(match.group(1)))
-    return out
+    matches = (DRIVER_SUMMARY_RE.search(text) for text in logs)
+    return [float(match.group(1)) for match in matches if match]
 
 
 def run(cfg: BenchConfig, provider: Provider | None = None) -> dict:
@@ -98,11 +94,8 @@ def run(cfg: BenchConfig, provider: Provider | None = None) -> dict:
         v = entry["variants"]
         speed = {name: v[name]["steps_per_s"] for name in v}
         entry["ratios"] = {
-            f"{name}_vs_direct": speed[name] / speed["direct"] for name in v if name != "direct"
+            f"{name}_vs_{ref}": speed[name] / speed[ref] for ref in ("direct", "conservative") for name in v if name != ref
         }
-        entry["ratios"].update(
-            {f"{name}_vs_conservative": speed[name] / speed["conservative"] for name in v if name != "conservative"}
-        )
         result["sizes"].append(entry)
         summary = ", ".join(f"{name} {v[name]['steps_per_s']:.3g} steps/s" for name in v)
         print(f"[md] {n_atoms} atoms: {summary}", flush=True)
@@ -120,18 +113,12 @@ def markdown(section: dict) -> str:
     rows = []
     for entry in section["sizes"]:
         for name, v in entry["variants"].items():
-            rows.append(
-                [
-                    entry["n_atoms"],
-                    name,
-                    v["ms_per_inner_step"],
-                    v["steps_per_s"],
-                    v["ns_per_day"],
-                    f"{entry['ratios'].get(name + '_vs_direct', 1.0):.2f}",
-                    f"{entry['ratios'].get(name + '_vs_conservative', 1.0):.2f}",
-                    v.get("ipi_and_socket_ms_per_step", "-"),
-                ]
-            )
+            rows.append([
+                entry["n_atoms"], name, v["ms_per_inner_step"], v["steps_per_s"], v["ns_per_day"],
+                f"{entry['ratios'].get(name + '_vs_direct', 1.0):.2f}",
+                f"{entry['ratios'].get(name + '_vs_conservative', 1.0):.2f}",
+                v.get("ipi_and_socket_ms_per_step", "-"),
+            ])
     return (
         f"### i-PI MD throughput (NVE, inner step {section['dt_fs']} fs, socket driver)\n\n"
         + markdown_table(

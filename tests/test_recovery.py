@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -57,13 +58,42 @@ def _children(pid: int, word: bytes) -> list[int]:
     return [int(p) for p in out if word in Path(f"/proc/{p}/cmdline").read_bytes()]
 
 
-def _seconds_until_rows_advance(path: Path, proc: subprocess.Popen, t_kill: float, timeout_s: float = 90.0) -> float:
-    """Seconds from ``t_kill`` until the properties file gets a row beyond what it held then."""
-    before = _rows(path)
-    deadline = time.monotonic() + timeout_s
-    while _rows(path) <= before and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.02)
-    return time.monotonic() - t_kill
+class Run:
+    """`ipi-nc run` as a subprocess; its stderr lines are collected as they come."""
+
+    def __init__(self, cmd: list[str]):
+        self.proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
+        self.lines: list[str] = []
+        self.reader = threading.Thread(target=lambda: self.lines.extend(self.proc.stderr), daemon=True)
+        self.reader.start()
+
+    def finish(self, timeout_s: float = 120.0) -> tuple[int, str]:
+        code = self.proc.wait(timeout_s)
+        self.reader.join(10)
+        return code, "".join(self.lines)
+
+    def seconds_until_new_step(self, out: Path, t_kill: float, restart: bool, timeout_s: float = 90.0) -> float:
+        """Seconds from ``t_kill`` until ``out`` gets a step beyond the one the run goes on
+        from: the step where i-PI stalls (read 0.3 s after the kill: a step whose forces
+        were already sent may still be written; the new driver needs longer than that to
+        start), or (``restart``) the checkpoint step that the runner's recovery line names
+        (it prints it after truncating the outputs, before i-PI starts)."""
+        deadline = time.monotonic() + timeout_s
+        time.sleep(max(0.0, t_kill + 0.3 - time.monotonic()))
+        after = _last_step(out)
+        if restart:
+            while not any("from the checkpoint at step" in ln for ln in self.lines):
+                assert self.proc.poll() is None and time.monotonic() < deadline, "".join(self.lines)
+                time.sleep(0.01)
+            after = int(next(ln for ln in self.lines if "from the checkpoint at step" in ln).rsplit("step", 1)[1])
+        while _last_step(out) <= after and self.proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return time.monotonic() - t_kill
+
+
+def _last_step(path: Path) -> int:
+    rows = [ln for ln in path.read_text().splitlines() if ln.strip() and not ln.startswith("#")] if path.is_file() else []
+    return int(float(rows[-1].split()[0])) if rows else -1
 
 
 def _check_every_step_once(workdir: Path, steps: int = STEPS) -> None:
@@ -85,14 +115,15 @@ def _recovery_lines(err: str) -> list[str]:
 def test_killed_driver_is_replaced_and_every_step_is_written_once(box_file, toy_model_file, tmp_path):
     xml = _input(tmp_path, box_file, "d")
     work = tmp_path / "run"
-    proc = subprocess.Popen(_run_cmd(xml, toy_model_file, work), stderr=subprocess.PIPE, text=True)
+    run = Run(_run_cmd(xml, toy_model_file, work))
+    proc = run.proc
     out = work / f"{xml.stem}.out"
     _wait_rows(out, 15, proc)
     os.kill(_children(proc.pid, b"driver")[0], signal.SIGKILL)
     t_kill = time.monotonic()
-    recovery_s = _seconds_until_rows_advance(out, proc, t_kill)
-    _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 0, err
+    recovery_s = run.seconds_until_new_step(out, t_kill, restart=False)
+    code, err = run.finish()
+    assert code == 0, err
     lines = _recovery_lines(err)
     assert len(lines) == 1 and "recovery 1/3" in lines[0] and "starting a new driver" in lines[0], err
     assert "restarting i-PI" not in err  # the same i-PI went on
@@ -112,15 +143,16 @@ def test_driver_killed_under_consolidated_messages_restarts_ipi_from_checkpoint(
     # runner stops it and continues from the newest checkpoint with new drivers
     xml = _input(tmp_path, box_file, "h", consolidate_messages=True)
     work = tmp_path / "run"
-    proc = subprocess.Popen(_run_cmd(xml, toy_model_file, work, "--hang-timeout", "6"), stderr=subprocess.PIPE, text=True)
+    run = Run(_run_cmd(xml, toy_model_file, work, "--hang-timeout", "6"))
+    proc = run.proc
     out = work / f"{xml.stem}.out"
     _wait_rows(out, 25, proc)
     os.kill(_children(proc.pid, b"driver")[0], signal.SIGKILL)
     t_kill = time.monotonic()
-    recovery_s = _seconds_until_rows_advance(out, proc, t_kill)  # rows resume after the restart's truncation
-    _, err = proc.communicate(timeout=120)
+    recovery_s = run.seconds_until_new_step(out, t_kill, restart=True)
+    code, err = run.finish()
     total_s = time.monotonic() - t_kill
-    assert proc.returncode == 0, err
+    assert code == 0, err
     lines = _recovery_lines(err)
     assert len(lines) == 2, err  # the new driver, then the i-PI restart
     assert "starting a new driver" in lines[0]
@@ -133,22 +165,15 @@ def test_driver_killed_under_consolidated_messages_restarts_ipi_from_checkpoint(
 def test_killed_ipi_is_restarted_from_its_checkpoint(box_file, toy_model_file, tmp_path):
     xml = _input(tmp_path, box_file, "i")
     work = tmp_path / "run"
-    proc = subprocess.Popen(_run_cmd(xml, toy_model_file, work), stderr=subprocess.PIPE, text=True)
+    run = Run(_run_cmd(xml, toy_model_file, work))
+    proc = run.proc
     out = work / f"{xml.stem}.out"
     _wait_rows(out, 25, proc)
     os.kill(_children(proc.pid, b"i-pi")[0], signal.SIGKILL)
     t_kill = time.monotonic()
-    # the restart truncates the outputs to the checkpoint step, then they grow past it again
-    deadline = time.monotonic() + 90
-    rows_at_kill = _rows(out)
-    while _rows(out) >= rows_at_kill and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.02)
-    truncated_to = _rows(out)
-    while _rows(out) <= truncated_to and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.02)
-    recovery_s = time.monotonic() - t_kill
-    _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 0, err
+    recovery_s = run.seconds_until_new_step(out, t_kill, restart=True)
+    code, err = run.finish()
+    assert code == 0, err
     lines = _recovery_lines(err)
     assert len(lines) == 1 and "i-PI exited with code -9" in lines[0] and "from the checkpoint at step" in lines[0], err
     chk_step = int(lines[0].rsplit("step", 1)[1])
