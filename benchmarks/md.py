@@ -93,9 +93,8 @@ def run(cfg: BenchConfig, provider: Provider | None = None) -> dict:
                 entry["variants"][name]["ipi_and_socket_ms_per_step"] = 1e3 * t - in_driver
         v = entry["variants"]
         speed = {name: v[name]["steps_per_s"] for name in v}
-        entry["ratios"] = {
-            f"{name}_vs_{ref}": speed[name] / speed[ref] for ref in ("direct", "conservative") for name in v if name != ref
-        }
+        entry["ratios"] = {f"{name}_vs_{ref}": speed[name] / speed[ref]
+                           for ref in ("direct", "conservative") for name in v if name != ref}
         result["sizes"].append(entry)
         summary = ", ".join(f"{name} {v[name]['steps_per_s']:.3g} steps/s" for name in v)
         print(f"[md] {n_atoms} atoms: {summary}", flush=True)

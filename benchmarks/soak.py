@@ -191,8 +191,8 @@ def soak(
                     if kind in rss:
                         rss[kind] += rss_mb(pid)
                 step = last_step(properties)
-                if step < 0 or rss["ipi"] == 0.0:
-                    continue  # still starting (no properties row yet) or already finishing
+                if step < 0 or rss["ipi"] == 0.0 or (transport == "socket" and rss["driver"] == 0.0):
+                    continue  # still starting (no properties row or driver yet) or already finishing
                 rate = (step - previous_step) / (now - previous_t) if samples else float("nan")
                 samples.append(Sample(now - t0, step, rate, rss["ipi"], rss["driver"]))
                 previous_t, previous_step = now, step
@@ -222,9 +222,9 @@ def summarize(samples: list[Sample], steps: int) -> dict:
     (MB per 1,000 steps, slope over the second half), steps/s in the first and last quarter."""
     rows = [s for s in samples if s.step > 0]
     if len(rows) < 4:
-        return {"samples": len(rows), "note": "too few samples (run longer or sample more often)"}
+        return {"samples": len(samples), "note": "too few samples (run longer or sample more often)"}
     step = np.array([s.step for s in rows], dtype=float)
-    out: dict = {"samples": len(rows), "steps": steps, "wall_s": rows[-1].elapsed_s}
+    out: dict = {"samples": len(samples), "steps": steps, "wall_s": rows[-1].elapsed_s}
     warm = next((i for i, s in enumerate(step) if s >= 0.1 * steps), 0)
     half = step >= step[-1] / 2
     for key in ("ipi", "driver"):

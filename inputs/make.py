@@ -232,21 +232,17 @@ def _forcefields(v: Variant, root: etree._Element) -> None:
     batch_size = v.batch_size or (v.beads if v.beads > 1 else 0)
     for i, ff in enumerate(forcefield_names(v)):
         mode = CONSERVATIVE if ff == "cons" else DIRECT
-        if v.sockets == "ffdirect" and v.pes == "metatomic":
-            el = _sub(root, "ffdirect", name=ff)
-            _sub(el, "pes", "metatomic")
-            extra = f", device: {v.device}" if v.device else ""
-            nc = "True" if mode == DIRECT else "False"
-            _sub(el, "parameters", f"{{model: {v.model}, template: {v.structure}, non_conservative: {nc}{extra}}}")
-            if v.batch_size:  # not by default: a contracted force asks fewer than `beads` structures
-                _sub(el, "batch_size", str(v.batch_size))
-            continue
         if v.sockets == "ffdirect":
             el = _sub(root, "ffdirect", name=ff)
-            _sub(el, "pes", "custom")
-            _sub(el, "pes_path", v.pes_path)
-            extra = "".join(f", {key}: {value}" for key, value in (("device", v.device), ("dtype", v.dtype)) if value)
-            _sub(el, "parameters", f"{{model: {v.model}, template: {v.structure}, mode: {mode}{extra}}}")
+            _sub(el, "pes", v.pes)
+            if v.pes == "metatomic":
+                extra = f", device: {v.device}" if v.device else ""
+                nc = "True" if mode == DIRECT else "False"
+                _sub(el, "parameters", f"{{model: {v.model}, template: {v.structure}, non_conservative: {nc}{extra}}}")
+            else:
+                _sub(el, "pes_path", v.pes_path)
+                extra = "".join(f", {key}: {value}" for key, value in (("device", v.device), ("dtype", v.dtype)) if value)
+                _sub(el, "parameters", f"{{model: {v.model}, template: {v.structure}, mode: {mode}{extra}}}")
             if v.batch_size:  # not by default: a contracted force asks fewer than `beads` structures
                 _sub(el, "batch_size", str(v.batch_size))
             continue
@@ -375,8 +371,7 @@ def build(v: Variant) -> etree._Element:
 
 def to_string(v: Variant) -> str:
     """The XML text of a variant (deterministic: same variant -> same bytes)."""
-    text = etree.tostring(build(v), pretty_print=True, encoding="unicode")
-    return text
+    return etree.tostring(build(v), pretty_print=True, encoding="unicode")
 
 
 def write(v: Variant, path: str | Path) -> Path:
@@ -414,16 +409,8 @@ def shipped_variants(**overrides) -> dict[str, Variant]:
             for f in FORCES:
                 steps = 4000 if f != "mts" else 500
                 contract = 8 if beads == 32 else 0
-                add(
-                    f"pimd/{th.replace('_', '')}-{beads}b-{short[f]}",
-                    ensemble="nvt",
-                    thermostat=th,
-                    tau_fs=100,
-                    beads=beads,
-                    contract_beads=contract,
-                    forces=f,
-                    steps=steps,
-                )
+                add(f"pimd/{th.replace('_', '')}-{beads}b-{short[f]}", ensemble="nvt", thermostat=th, tau_fs=100,
+                    beads=beads, contract_beads=contract, forces=f, steps=steps)
     for mode in GEOP_MODES:
         for f in (CONSERVATIVE, DIRECT):
             add(f"geop/{mode}-{short[f]}", motion="geop", forces=f, steps=1000, geop_mode=mode)

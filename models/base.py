@@ -48,11 +48,8 @@ class Batch:
         return self.cells.abs().sum(dim=(1, 2)) > 0
 
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> "Batch":
-        return Batch(
-            species=self.species.to(device=device),
-            positions=self.positions.to(device=device, dtype=dtype),
-            cells=self.cells.to(device=device, dtype=dtype),
-        )
+        return Batch(self.species.to(device=device), self.positions.to(device=device, dtype=dtype),
+                     self.cells.to(device=device, dtype=dtype))
 
     @classmethod
     def from_ase(cls, frames, dtype: torch.dtype = torch.float64) -> "Batch":
@@ -62,12 +59,8 @@ class Batch:
             if len(atoms) != len(frames[0]) or (atoms.numbers != frames[0].numbers).any():
                 raise ValueError("all structures in a Batch must have the same species in the same order")
         positions = torch.stack([torch.as_tensor(a.positions, dtype=dtype) for a in frames])
-        cells = torch.stack(
-            [
-                torch.as_tensor(a.cell.array if a.pbc.any() else 0 * a.cell.array, dtype=dtype)
-                for a in frames
-            ]
-        )
+        cells = torch.stack([torch.as_tensor(a.cell.array if a.pbc.any() else 0 * a.cell.array, dtype=dtype)
+                             for a in frames])
         return cls(species=species, positions=positions, cells=cells)
 
 
@@ -141,9 +134,8 @@ class PotentialModel(torch.nn.Module):
         """Raise ValueError naming the species the model does not know."""
         unknown = sorted(set(int(z) for z in species.tolist()) - set(self.species))
         if unknown:
-            raise ValueError(
-                f"structure contains atomic numbers {unknown} unknown to this model (knows {list(self.species)})"
-            )
+            raise ValueError(f"structure contains atomic numbers {unknown} unknown to this model "
+                             f"(knows {list(self.species)})")
 
     def require_head(self, head: str) -> None:
         if head not in self.heads:
@@ -153,15 +145,9 @@ class PotentialModel(torch.nn.Module):
 def _strained(batch: Batch) -> tuple[Batch, torch.Tensor, torch.Tensor]:
     """Positions and cells under a symmetric-free displacement gradient (I + strain)."""
     positions = batch.positions.detach().clone().requires_grad_(True)
-    strain = torch.zeros(
-        batch.n_structures, 3, 3, dtype=positions.dtype, device=positions.device, requires_grad=True
-    )
+    strain = torch.zeros(batch.n_structures, 3, 3, dtype=positions.dtype, device=positions.device, requires_grad=True)
     deformation = torch.eye(3, dtype=positions.dtype, device=positions.device) + strain
-    strained = Batch(
-        species=batch.species,
-        positions=torch.bmm(positions, deformation),
-        cells=torch.bmm(batch.cells.detach(), deformation),
-    )
+    strained = Batch(batch.species, torch.bmm(positions, deformation), torch.bmm(batch.cells.detach(), deformation))
     return strained, positions, strain
 
 
@@ -212,9 +198,7 @@ def evaluate(
             positions = batch.positions.detach().clone().requires_grad_(True)
             out = model(Batch(batch.species, positions, batch.cells), tuple(heads))
             inputs = [positions]
-        grads = torch.autograd.grad(
-            out["energy"].sum(), inputs, create_graph=create_graph, retain_graph=create_graph
-        )
+        grads = torch.autograd.grad(out["energy"].sum(), inputs, create_graph=create_graph, retain_graph=create_graph)
     prediction.energy = out["energy"] if create_graph else out["energy"].detach()
     prediction.forces = -grads[0]
     if virial:

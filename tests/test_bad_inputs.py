@@ -73,6 +73,7 @@ def _refused(cmd: list[str], workdir: Path, code: int = 2, **kw) -> str:
     assert proc.returncode == code and len(lines) == 1 and lines[0].startswith("ipi-nc run: "), proc.stderr
     after = _snapshot(workdir)
     assert {k: v for k, v in after.items() if k in before} == before  # nothing earlier changed
+    print(f"\n{lines[0]}")
     return lines[0]
 
 
@@ -134,6 +135,7 @@ def test_nan_forces_are_never_sent_to_ipi(case, tmp_path):
     proc = subprocess.run(_cmd(case["xml"], nan_path, fresh, "--max-restarts", "3"), capture_output=True, text=True, timeout=120)
     lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
     assert proc.returncode == 1 and len(lines) == 1, proc.stderr
+    print(f"\n{lines[0]}")
     assert "driver 'direct-0' exited with code 1" in lines[0] and "NaN/inf forces" in lines[0] and "not sent to i-PI" in lines[0]
     for out in fresh.glob(f"{case['xml'].stem}*.out"):
         assert "nan" not in out.read_text().lower()
@@ -186,6 +188,7 @@ def test_write_error_partway_through_the_run(case, toy_model_file, tmp_path):
                           timeout=120, preexec_fn=small_files)
     lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
     assert proc.returncode == 1 and len(lines) == 1, proc.stderr
+    print(f"\n{lines[0]}")
     assert "could not write its outputs in" in lines[0] and "File too large" in lines[0] and "--resume" in lines[0]
     resumed = subprocess.run(_cmd(xml, toy_model_file, fresh, "--resume"), capture_output=True, text=True, timeout=120)
     assert resumed.returncode == 0, resumed.stderr

@@ -111,7 +111,10 @@ def test_two_drivers_share_one_inet_socket_and_ipi_listens_on_loopback_only(tmp_
 
 def test_runner_serves_an_inet_socket_with_two_drivers(tmp_path, box_file, toy_model_file):
     """``ipi-nc run`` on an inet input (the multi-node layout on one machine): i-PI plus two
-    driver processes on 127.0.0.1:PORT, both serve, every step is recorded."""
+    driver processes on 127.0.0.1:PORT, both connect and end on i-PI's EXIT, every step is
+    recorded. (That i-PI splits the requests between two drivers is checked with drivers
+    started by the test, which waits until both are connected; here a driver that starts
+    late on a loaded machine may find the 8 steps already done.)"""
     import subprocess
     import sys
 
@@ -132,7 +135,7 @@ def test_runner_serves_an_inet_socket_with_two_drivers(tmp_path, box_file, toy_m
         match = REQUESTS_RE.search(log.read_text())
         assert match, log.read_text()
         counts.append(int(match.group(1)))
-    assert all(c > 0 for c in counts) and sum(counts) >= beads * (steps + 1), counts
+    assert sum(counts) >= beads * (steps + 1), counts
     assert step_rows(run_dir / "sim.out") == list(range(steps + 1))
 
 
