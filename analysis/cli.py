@@ -9,6 +9,7 @@ for trajectories (see :mod:`ipi_ncforces.analysis.readers`). Every analysis writ
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 import warnings
 from pathlib import Path
@@ -108,71 +109,52 @@ def run(args: argparse.Namespace) -> dict:
     """Dispatch parsed arguments to the analysis modules; returns the report data."""
     out = Path(args.out)
     what = args.what
+    # imported on demand: each module pulls in what it needs (matplotlib, torch, ...)
+    module = importlib.import_module(f"ipi_ncforces.analysis.{what.split('-')[0]}")
     if what == "geop":
-        from ipi_ncforces.analysis import geop
-
-        return geop.analyze_outputs(args.runs, out, args.fmax, args.max_steps)
+        return module.analyze_outputs(args.runs, out, args.fmax, args.max_steps)
     if what == "geop-study":
-        from ipi_ncforces.analysis import geop
-
-        return geop.analyze_study(args.model, args.structure, out, args.starts, args.sigma,
+        return module.analyze_study(args.model, args.structure, out, args.starts, args.sigma,
                                   [s.strip() for s in args.optimizers.split(",") if s.strip()],
                                   [s.strip() for s in args.forces.split(",") if s.strip()],
                                   args.fmax, args.max_steps, args.seed)
     if what == "jacobian":
-        from ipi_ncforces.analysis import jacobian
-
-        return jacobian.analyze(args.model, args.structure, out, args.max_frames, args.bins)
+        return module.analyze(args.model, args.structure, out, args.max_frames, args.bins)
     runs = [find_run(r) for r in args.runs]
     if what == "drift":
-        from ipi_ncforces.analysis import drift
-
-        return drift.analyze(runs, out, args.natoms, args.skip_ps, args.windows)
+        return module.analyze(runs, out, args.natoms, args.skip_ps, args.windows)
     if what == "temperatures":
-        from ipi_ncforces.analysis import temperatures
-
-        return temperatures.analyze(runs, out, args.target, args.skip_ps, args.source, args.timestep_fs)
+        return module.analyze(runs, out, args.target, args.skip_ps, args.source, args.timestep_fs)
     if what == "spectrum":
-        from ipi_ncforces.analysis import spectrum
-
-        return spectrum.analyze(runs, out, args.max_lag_ps, args.timestep_fs, args.max_cm1)
+        return module.analyze(runs, out, args.max_lag_ps, args.timestep_fs, args.max_cm1)
     if what == "diffusion":
-        from ipi_ncforces.analysis import diffusion
-
-        return diffusion.analyze(runs, out, args.species, tuple(args.fit_range), args.blocks, not args.keep_com,
-                                 args.timestep_fs, args.skip_ps, args.temperature_k, args.viscosity_mpas)
+        return module.analyze(runs, out, args.species, tuple(args.fit_range), args.blocks, not args.keep_com,
+                              args.timestep_fs, args.skip_ps, args.temperature_k, args.viscosity_mpas)
     if what == "rdf":
-        from ipi_ncforces.analysis import rdf
-
         pairs = []
         for item in args.pairs.split(","):
             parts = item.strip().split("-")
             if len(parts) != 2 or not all(parts):
                 raise AnalysisInputError(f"--pairs: '{item}' is not A-B (e.g. O-H)")
             pairs.append((parts[0], parts[1]))
-        return rdf.analyze(runs, out, pairs, args.r_max, args.bins, args.stride)
+        return module.analyze(runs, out, pairs, args.r_max, args.bins, args.stride)
     if what == "compare":
-        from ipi_ncforces.analysis import compare
-
-        return compare.analyze(runs, out, args.target, args.skip_ps, args.natoms, args.timestep_fs)
+        return module.analyze(runs, out, args.target, args.skip_ps, args.natoms, args.timestep_fs)
     raise AssertionError(what)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``ipi-nc analyze``; returns the exit code (2 on unusable input)."""
     args = _parser().parse_args(sys.argv[1:] if argv is None else argv)
-    previous = warnings.showwarning
-    warnings.showwarning = _show_warning
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings():  # restores showwarning and the filters on exit
+            warnings.showwarning = _show_warning
             warnings.simplefilter("always", AnalysisWarning)
             warnings.simplefilter("ignore", DeprecationWarning)
             data = run(args)
     except AnalysisInputError as exc:
         print(f"ipi-nc analyze {args.what}: error: {exc}", file=sys.stderr)
         return 2
-    finally:
-        warnings.showwarning = previous
     print(data["markdown"])
     print(f"\nwrote {Path(args.out) / (data['what'] + '.json')}, {data['what']}.md and "
           f"{', '.join(data.get('plots', []))}")

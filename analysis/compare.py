@@ -66,6 +66,4 @@ def analyze(runs: list[RunFiles], out: Path, target_k: float | None = None, skip
     if target_k is not None:
         notes.insert(0, f"temperatures are deviations from the target {target_k:g} K (paper Table 2 style).")
     data = {"what": "compare", "target_k": target_k, "runs": records, "plots": plots}
-    write_report(out, "compare", data, md, warnings, notes)
-    data["markdown"] = md
-    return data
+    return write_report(out, "compare", data, md, warnings, notes)

@@ -25,6 +25,7 @@ import numpy as np
 from ipi_ncforces.analysis import plotting
 from ipi_ncforces.analysis.readers import AnalysisInputError, RunFiles, timestep_ps
 from ipi_ncforces.analysis.report import fmt, markdown_table, write_report
+from ipi_ncforces.analysis.spectrum import autocorrelation
 from ipi_ncforces.models.units import BOLTZMANN_J_PER_K
 
 YEH_HUMMER_XI = 2.837297
@@ -56,9 +57,7 @@ def msd_fft(x: np.ndarray) -> np.ndarray:
     for m in range(n):
         q = q - d[m - 1] - d[n - m]
         s1[m] = q / (n - m)
-    f = np.fft.rfft(x, 2 * n, axis=0)
-    s2 = np.fft.irfft(f * np.conj(f), axis=0)[:n].sum(axis=2) / (n - np.arange(n))[:, None]
-    return (s1 - 2.0 * s2).mean(axis=1)
+    return s1.mean(axis=1) - 2.0 * autocorrelation(x)  # <r(t0).r(t0 + t)>, FFT
 
 
 def fit_d(msd: np.ndarray, dt_ps: float, first_lag: int, last_lag: int) -> float:
@@ -153,12 +152,8 @@ def analyze(runs: list[RunFiles], out: Path, species: str = "O", fit_range: tupl
     results = [diffusion_of(r, species, fit_range, n_blocks, remove_com, timestep_fs, skip_ps,
                             temperature_k, viscosity_mpas) for r in runs]
     png = plot(results, Path(out) / "diffusion.png")
-    rows = []
-    for r in results:
-        row = [r["run"], r["species"], fmt(r["d_a2_ps"], r["d_err_a2_ps"]),
-               fmt(r["d_1e5_cm2_s"], r["d_err_1e5_cm2_s"]), f"{r['box_length_a']:.2f}"]
-        row.append(fmt(r.get("d_inf_1e5_cm2_s")))
-        rows.append(row)
+    rows = [[r["run"], r["species"], fmt(r["d_a2_ps"], r["d_err_a2_ps"]), fmt(r["d_1e5_cm2_s"], r["d_err_1e5_cm2_s"]),
+             f"{r['box_length_a']:.2f}", fmt(r.get("d_inf_1e5_cm2_s"))] for r in results]
     md = markdown_table(["run", "species", "D (A^2/ps)", "D (1e-5 cm^2/s)", "L (A)", "D_inf Yeh-Hummer (1e-5 cm^2/s)"], rows)
     warnings = [w for r in results for w in r.pop("warnings")]
     notes = [
@@ -170,6 +165,4 @@ def analyze(runs: list[RunFiles], out: Path, species: str = "O", fit_range: tupl
         f"plot: {png.name}",
     ]
     data = {"what": "diffusion", "units": {"D": "A^2/ps and 1e-5 cm^2/s"}, "runs": results, "plots": [png.name]}
-    write_report(out, "diffusion", data, md, warnings, notes)
-    data["markdown"] = md
-    return data
+    return write_report(out, "diffusion", data, md, warnings, notes)

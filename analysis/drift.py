@@ -103,15 +103,9 @@ def plot_drift(results: list[dict], path: Path) -> Path:
 
 def table(results: list[dict]) -> str:
     """Markdown table: one row per run."""
-    rows = []
-    for r in results:
-        rows.append([
-            r["run"], f"{r['duration_ps']:.3g}",
-            fmt(r["drift_mev_atom_ps"], r["drift_err_mev_atom_ps"]),
-            fmt(r.get("heating_k_ps"), r.get("heating_err_k_ps")),
-            fmt(r.get("temperature_mean_k")),
-            "yes" if r["drift_significant"] else "no",
-        ])
+    rows = [[r["run"], f"{r['duration_ps']:.3g}", fmt(r["drift_mev_atom_ps"], r["drift_err_mev_atom_ps"]),
+             fmt(r.get("heating_k_ps"), r.get("heating_err_k_ps")), fmt(r.get("temperature_mean_k")),
+             "yes" if r["drift_significant"] else "no"] for r in results]
     return markdown_table(["run", "length (ps)", "drift (meV/atom/ps)", "heating (K/ps)", "<T> (K)",
                            "drift > 3 sigma"], rows)
 
@@ -131,6 +125,4 @@ def analyze(runs: list[RunFiles], out: Path, natoms: int | None = None, skip_ps:
     ]
     data = {"what": "drift", "units": {"drift": "meV/atom/ps", "heating": "K/ps"}, "runs": results,
             "plots": [plot.name]}
-    write_report(out, "drift", data, md, warnings, notes)
-    data["markdown"] = md
-    return data
+    return write_report(out, "drift", data, md, warnings, notes)

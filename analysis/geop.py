@@ -33,18 +33,13 @@ _ASE_LOG = re.compile(r"^\s*(\w+):\s+(\d+)\s+[\d:]+\s+(-?[\d.eE+-]+)\**\s+([\d.e
 def read_ase_log(path: str | Path) -> dict:
     """Optimizer name, steps, energies (eV) and fmax (eV/A) from an ASE optimizer log file."""
     path = Path(path)
-    steps, energies, fmax, names = [], [], [], set()
-    for line in path.read_text().splitlines():
-        m = _ASE_LOG.match(line)
-        if m:
-            names.add(m.group(1))
-            steps.append(int(m.group(2)))
-            energies.append(float(m.group(3)))
-            fmax.append(float(m.group(4)))
-    if not steps:
+    matches = [m for m in map(_ASE_LOG.match, path.read_text().splitlines()) if m]
+    if not matches:
         raise AnalysisInputError(f"{path}: no ASE optimizer log lines ('NAME: step time energy fmax')")
-    return {"optimizer": "/".join(sorted(names)), "steps": np.array(steps), "energy_ev": np.array(energies),
-            "fmax_ev_a": np.array(fmax)}
+    return {"optimizer": "/".join(sorted({m.group(1) for m in matches})),
+            "steps": np.array([int(m.group(2)) for m in matches]),
+            "energy_ev": np.array([float(m.group(3)) for m in matches]),
+            "fmax_ev_a": np.array([float(m.group(4)) for m in matches])}
 
 
 def fmax_from_ipi(run: RunFiles) -> dict:
@@ -177,9 +172,7 @@ def analyze_outputs(runs: list[str], out: Path, fmax_ev_a: float, max_steps: int
     md = markdown_table(["run", f"converged (fmax < {fmax_ev_a:g} eV/A)", "steps needed", "steps run",
                          "final fmax (eV/A)", "smallest fmax (eV/A)"], rows)
     data = {"what": "geop", "fmax_ev_a": fmax_ev_a, "max_steps": max_steps, "runs": results, "plots": [png.name]}
-    write_report(out, "geop", data, md, warnings, [f"plot: {png.name}"])
-    data["markdown"] = md
-    return data
+    return write_report(out, "geop", data, md, warnings, [f"plot: {png.name}"])
 
 
 def analyze_study(model_path: str, structure: str, out: Path, n_starts: int, sigma_a: float,
@@ -222,6 +215,4 @@ def write_study(study: dict, out: Path, meta: dict | None = None) -> dict:
     notes = [f"starts: every coordinate displaced by N(0, {study['sigma_a']:g}^2) A (seed {study['seed']}); "
              f"success = fmax < {study['fmax_ev_a']:g} eV/A within {study['max_steps']} steps; "
              "error = binomial standard error.", f"plot: {png.name}"]
-    write_report(out, "geop-study", data, md, [], notes)
-    data["markdown"] = md
-    return data
+    return write_report(out, "geop-study", data, md, [], notes)

@@ -98,11 +98,9 @@ def analyze(model_path: str, structures: list[str], out: Path, max_frames: int =
                 raise AnalysisInputError(f"--structure {name}: {exc}") from None
             results.append({"structure": f"{Path(name).name}[{k}]", "n_atoms": len(atoms), "heads": heads})
     png = plot(results, Path(out) / "jacobian.png")
-    rows = []
-    for r in results:
-        for head, h in r["heads"].items():
-            rows.append([r["structure"], head, f"{h['lambda']:.3g}",
-                         *[f"{h['work_mev'].get(p, float('nan')):.3g}" for p in ("rotation", "stretch_loop")]])
+    rows = [[r["structure"], head, f"{h['lambda']:.3g}",
+             *[f"{h['work_mev'].get(p, float('nan')):.3g}" for p in ("rotation", "stretch_loop")]]
+            for r in results for head, h in r["heads"].items()]
     md = markdown_table(["structure", "forces", "lambda", "W rotation (meV)", "W stretch loop (meV)"], rows)
     notes = ["lambda = ||J_anti||_F/||J||_F (Eq. 7): 0 for conservative forces, 1 for a rotational field; "
              "paper on water: PET-NC 0.004, ORB 0.015.",
@@ -110,6 +108,4 @@ def analyze(model_path: str, structures: list[str], out: Path, max_frames: int =
              "plane of the 0-1 and 0-2 bond stretches (0.1 A); paper: 15-410 meV for direct models.",
              f"plot: {png.name} (lambda_ij vs r, binned means)"]
     data = {"what": "jacobian", "model": str(model_path), "structures": results, "plots": [png.name]}
-    write_report(out, "jacobian", data, md, [], notes)
-    data["markdown"] = md
-    return data
+    return write_report(out, "jacobian", data, md, [], notes)

@@ -12,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+from ase.cell import Cell
 from ase.geometry import get_distances
 
 from ipi_ncforces.analysis import plotting
@@ -21,9 +22,8 @@ from ipi_ncforces.analysis.report import markdown_table, write_report
 
 def max_radius(cell: np.ndarray) -> float:
     """Half the smallest distance between opposite faces of the cell (A)."""
-    volume = abs(np.linalg.det(cell))
-    widths = [volume / np.linalg.norm(np.cross(cell[(i + 1) % 3], cell[(i + 2) % 3])) for i in range(3)]
-    return 0.5 * min(widths)
+    cell = Cell(cell)
+    return 0.5 * float(min(cell.volume / cell.areas()))  # volume / face area = distance between faces
 
 
 def rdf(positions: np.ndarray, cells: np.ndarray, symbols: list[str], a: str, b: str,
@@ -108,6 +108,4 @@ def analyze(runs: list[RunFiles], out: Path, pairs: list[tuple[str, str]] | None
     notes = ["minimum image, normalised so that an ideal gas gives g = 1; PIMD: all beads pooled.",
              f"plot: {png.name}"]
     data = {"what": "rdf", "units": {"r": "A"}, "runs": results, "plots": [png.name]}
-    write_report(out, "rdf", data, md, warnings, notes)
-    data["markdown"] = md
-    return data
+    return write_report(out, "rdf", data, md, warnings, notes)

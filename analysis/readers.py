@@ -22,6 +22,7 @@ force eV/A, mass amu.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import tempfile
@@ -147,6 +148,21 @@ def _clean_table_lines(path: Path, messages: list[str]) -> tuple[list[str], bool
     return lines, changed
 
 
+@contextlib.contextmanager
+def _complete_part(path: Path, lines: list[str] | None):
+    """Name of ``path``, or (``lines`` given: the complete part of a file whose last line or
+    frame was cut) of a temporary copy holding only ``lines``, removed afterwards."""
+    if lines is None:
+        yield str(path)
+        return
+    with tempfile.NamedTemporaryFile("w", suffix=path.suffix, delete=False) as tmp:
+        tmp.writelines(lines)
+    try:
+        yield tmp.name
+    finally:
+        os.unlink(tmp.name)
+
+
 def read_properties(path: str | os.PathLike) -> Properties:
     """Read an i-PI properties file with i-PI's ``read_output``; convert to analysis units.
 
@@ -159,15 +175,8 @@ def read_properties(path: str | os.PathLike) -> Properties:
         raise AnalysisInputError(f"{path}: properties file not found")
     messages: list[str] = []
     lines, changed = _clean_table_lines(path, messages)
-    if changed:
-        with tempfile.NamedTemporaryFile("w", suffix=".out", delete=False) as tmp:
-            tmp.writelines(lines)
-        try:
-            raw, info = read_output(tmp.name)
-        finally:
-            os.unlink(tmp.name)
-    else:
-        raw, info = read_output(str(path))
+    with _complete_part(path, lines if changed else None) as name:
+        raw, info = read_output(name)
     values: dict[str, np.ndarray] = {}
     units: dict[str, str] = {}
     for name, arr in raw.items():
@@ -298,27 +307,20 @@ def read_traj(path: str | os.PathLike) -> Trajectory:
     if fmt not in TRAJECTORY_EXTENSIONS:
         raise AnalysisInputError(f"{path}: unknown trajectory format '.{fmt}' (use xyz, pdb or extxyz)")
     kind = trajectory_kind(path)
-    read_path = str(path)
-    tmp_name = None
+    complete_lines = None
     xyz_steps: list[int] = []
     if fmt == "xyz":
         lines, cut, comment, xyz_steps = _xyz_complete_lines(path, messages)
         if not _COMMENT_UNITS.search(comment):
             warn(messages, f"{path}: no units in the comment line; assumed i-PI's default "
                  f"atomic units (Bohr, atomic velocity/force units)")
-        if cut:
-            with tempfile.NamedTemporaryFile("w", suffix=".xyz", delete=False) as tmp:
-                tmp.writelines(lines)
-            read_path = tmp_name = tmp.name
+        complete_lines = lines if cut else None
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), _complete_part(path, complete_lines) as name:
             warnings.simplefilter("ignore", DeprecationWarning)
-            frames = read_trajectory(read_path, format="ase" if fmt == "extxyz" else fmt)
+            frames = read_trajectory(name, format="ase" if fmt == "extxyz" else fmt)
     except Exception as exc:
         raise AnalysisInputError(f"{path}: i-PI could not read this trajectory ({type(exc).__name__}: {exc})") from None
-    finally:
-        if tmp_name:
-            os.unlink(tmp_name)
     if not frames:
         raise AnalysisInputError(f"{path}: no frames")
     first = frames[0]

@@ -49,19 +49,18 @@ def _jsonable(obj: Any) -> Any:
 
 
 def write_report(out_dir: str | Path, what: str, data: dict, markdown: str,
-                 warnings: list[str] | None = None, notes: list[str] | None = None) -> tuple[Path, Path]:
-    """Write ``<what>.json`` (data + warnings) and ``<what>.md`` (title, table, notes, warnings)."""
+                 warnings: list[str] | None = None, notes: list[str] | None = None) -> dict:
+    """Write ``<what>.json`` (data + warnings) and ``<what>.md`` (title, table, notes, warnings).
+
+    Returns ``data`` with the Markdown table added under ``"markdown"`` (not in the JSON)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     payload = dict(data)
     payload["warnings"] = list(warnings or [])
-    json_path = out / f"{what}.json"
-    json_path.write_text(json.dumps(_jsonable(payload), indent=2) + "\n")
-    md = [f"# {what}", "", markdown.strip(), ""]
-    for note in notes or []:
-        md.append(f"- {note}")
+    (out / f"{what}.json").write_text(json.dumps(_jsonable(payload), indent=2) + "\n")
+    md = [f"# {what}", "", markdown.strip(), ""] + [f"- {note}" for note in notes or []]
     if warnings:
         md += ["", "## Warnings", ""] + [f"- {w}" for w in warnings]
-    md_path = out / f"{what}.md"
-    md_path.write_text("\n".join(md).rstrip() + "\n")
-    return json_path, md_path
+    (out / f"{what}.md").write_text("\n".join(md).rstrip() + "\n")
+    data["markdown"] = markdown
+    return data

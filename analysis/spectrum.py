@@ -109,6 +109,4 @@ def analyze(runs: list[RunFiles], out: Path, max_lag_ps: float | None = None, ti
              "frequency resolution 1/max_lag.", f"plots: {png.name}"]
     data = {"what": "spectrum", "units": {"frequency": "cm^-1 (THz = cm^-1 / 33.356)", "vacf": "(A/ps)^2"},
             "runs": results, "plots": [png.name]}
-    write_report(out, "spectrum", data, md, warnings, notes)
-    data["markdown"] = md
-    return data
+    return write_report(out, "spectrum", data, md, warnings, notes)

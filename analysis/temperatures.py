@@ -79,13 +79,12 @@ def temperatures_from_velocities(beads: list[Trajectory], messages: list[str] | 
     scale = np.sqrt(np.einsum("n,fnc->f", masses ** 2, centroid ** 2))
     com_removed = bool(np.median(momentum / np.maximum(scale, 1e-300)) < 1e-3)
     mv2 = np.einsum("n,kfnc->kfn", masses, u ** 2) * KELVIN_PER_AMU_A2_PS2  # (P, F, N) K
-    total_mass = masses.sum()
     groups = {"": np.ones(len(masses), bool)} | species_masks(beads[0].symbols)
     series: dict[str, np.ndarray] = {}
     dof_info = {}
     for s, mask in groups.items():
         n_dof = 3.0 * mask.sum()
-        fixed = 3.0 * masses[mask].sum() / total_mass if com_removed else 0.0
+        fixed = 3.0 * masses[mask].sum() / masses.sum() if com_removed else 0.0
         per_mode = mv2[:, :, mask].sum(axis=2) / n_beads  # (P, F)
         per_mode[0] /= n_dof - fixed
         per_mode[1:] /= n_dof
@@ -220,6 +219,4 @@ def analyze(runs: list[RunFiles], out: Path, target_k: float | None = None, skip
         if r["velocity_info"]:
             notes.append(f"{r['run']}: {r['velocity_info']['note']} ({r['velocity_info']['n_beads']} bead(s)).")
     data = {"what": "temperatures", "units": "K", "target_k": target_k, "runs": results, "plots": [png.name]}
-    write_report(out, "temperatures", data, md, warnings, notes)
-    data["markdown"] = md
-    return data
+    return write_report(out, "temperatures", data, md, warnings, notes)

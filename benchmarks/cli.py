@@ -110,13 +110,8 @@ def main(argv: list[str] | None = None) -> int:
 
     results: dict = {
         "command": "ipi-nc bench " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "machine": machine_info(cfg.device),
-        "model": model_info,
-        "structure": structure_source,
-        "device": cfg.device,
-        "dtype": cfg.dtype,
-        "quick": cfg.quick,
-        "threads": cfg.threads,
+        "machine": machine_info(cfg.device), "model": model_info, "structure": structure_source,
+        "device": cfg.device, "dtype": cfg.dtype, "quick": cfg.quick, "threads": cfg.threads,
         "started": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
     markdown = [

@@ -155,8 +155,7 @@ def resolve_model(model_arg: str | None, work: Path) -> tuple[Path, dict]:
                 "path": str(path), "source": "--model (metatomic)", "model_type": "metatomic",
                 "heads": list(backend.heads), "cutoff_ang": backend.cutoff,
                 "n_parameters": int(sum(p.numel() for p in backend.atomistic.parameters())),
-                "metadata_name": backend.metadata().name,
-                "dtype": str(backend.dtype).replace("torch.", ""),
+                "metadata_name": backend.metadata().name, "dtype": str(backend.dtype).replace("torch.", ""),
             }
         model = load_model(path)  # raises ModelFileError (one line) for a bad file
         source = "--model"

@@ -94,9 +94,8 @@ def measure_size(model, n_atoms: int, cfg: BenchConfig) -> dict:
         for name, ev in (("direct", direct_eval), ("conservative", cons_eval))
     }
     for mode in ("direct", "conservative"):
-        result["times"][f"evaluator_{mode}"]["us_per_atom"] = (
-            1e3 * result["times"][f"evaluator_{mode}"]["median_ms"] / n_atoms
-        )
+        times = result["times"][f"evaluator_{mode}"]
+        times["us_per_atom"] = 1e3 * times["median_ms"] / n_atoms
     return result
 
 

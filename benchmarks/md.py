@@ -100,11 +100,8 @@ def run(cfg: BenchConfig, provider: Provider | None = None) -> dict:
         print(f"[md] {n_atoms} atoms: {summary}", flush=True)
         for name in v:
             if name.startswith("mts"):
-                print(
-                    f"[md] {n_atoms} atoms: {name} = {entry['ratios'][name + '_vs_direct']:.2f}x direct, "
-                    f"{entry['ratios'][name + '_vs_conservative']:.2f}x conservative",
-                    flush=True,
-                )
+                print(f"[md] {n_atoms} atoms: {name} = {entry['ratios'][name + '_vs_direct']:.2f}x direct, "
+                      f"{entry['ratios'][name + '_vs_conservative']:.2f}x conservative", flush=True)
     return result
 
 

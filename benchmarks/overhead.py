@@ -62,11 +62,7 @@ def run(cfg: BenchConfig) -> dict:
                 driver_ms += driver_median_ms(res.driver_logs)
     ms = {name: 1e3 * statistics.median(s) for name, s in samples.items()}
     result = {
-        "n_atoms": N_ATOMS,
-        "mode": "direct",
-        "rounds": n_rounds,
-        "steps_per_run": n_steps,
-        "ms": ms,
+        "n_atoms": N_ATOMS, "mode": "direct", "rounds": n_rounds, "steps_per_run": n_steps, "ms": ms,
         "ms_runs": {name: [1e3 * x for x in s] for name, s in samples.items()},
         "driver_median_request_ms": driver_ms,
         "overhead_fraction_of_model": {

@@ -25,10 +25,6 @@ N_ATOMS = 192
 DT_FS = 0.25
 
 
-def n_beads(cfg: BenchConfig) -> int:
-    return 4 if cfg.quick else 32
-
-
 def steps(cfg: BenchConfig) -> int:
     if cfg.quick:
         return 3
@@ -38,7 +34,7 @@ def steps(cfg: BenchConfig) -> int:
 def run(cfg: BenchConfig) -> dict:
     from ipi_ncforces.ipi_driver.evaluator import ForceEvaluator
 
-    beads = n_beads(cfg)
+    beads = 4 if cfg.quick else 32
     model = cost.load(cfg)
     atoms = water_system(N_ATOMS)
     cells, positions = cost.ipi_request(atoms)
@@ -68,13 +64,8 @@ def run(cfg: BenchConfig) -> dict:
             samples[name].append(statistics.median(res.step_times_s[WARMUP_STEPS:]))
     ms = {name: 1e3 * statistics.median(s) for name, s in samples.items()}
     result = {
-        "n_atoms": N_ATOMS,
-        "n_beads": beads,
-        "mode": "direct",
-        "steps_per_run": n_steps,
-        "rounds": n_rounds,
-        "ms_per_step": ms,
-        "ms_runs": {name: [1e3 * x for x in s] for name, s in samples.items()},
+        "n_atoms": N_ATOMS, "n_beads": beads, "mode": "direct", "steps_per_run": n_steps, "rounds": n_rounds,
+        "ms_per_step": ms, "ms_runs": {name: [1e3 * x for x in s] for name, s in samples.items()},
         "speedup_socket": ms["socket_per_bead"] / ms["socket_batched"],
         "speedup_evaluator": ms["evaluator_per_bead"] / ms["evaluator_batched"],
     }

@@ -22,9 +22,8 @@ def analyse(cost_section: dict) -> dict:
     for name in SERIES:
         times_ms = [r["times"][name]["median_ms"] for r in sizes]
         per_atom_us = [1e3 * t / r["n_atoms"] for t, r in zip(times_ms, sizes)]
-        slopes = []
-        for (a, ta), (b, tb) in zip(zip(out["n_atoms"], times_ms), zip(out["n_atoms"][1:], times_ms[1:])):
-            slopes.append(math.log(tb / ta) / math.log(b / a))
+        n = out["n_atoms"]
+        slopes = [math.log(tb / ta) / math.log(b / a) for a, b, ta, tb in zip(n, n[1:], times_ms, times_ms[1:])]
         out["series"][name] = {"median_ms": times_ms, "us_per_atom": per_atom_us, "loglog_slopes": slopes}
     return out
 

@@ -87,10 +87,8 @@ def main(argv: list[str] | None = None) -> int:
                 extra = f" {v.thermostat} tau={v.tau_fs:g} fs" if v.thermostat else ""
                 if v.motion == "geop":
                     extra = f" {v.geop_mode} fmax={v.geop_fmax_ev_ang:g} eV/A"
-                print(
-                    f"{rel:32s} {v.motion}/{v.ensemble if v.motion == 'md' else 'geop'} forces={v.forces}"
-                    f"{extra} beads={v.beads} dt={v.outer_dt_fs:g} fs steps={v.steps}"
-                )
+                print(f"{rel:32s} {v.motion}/{v.ensemble if v.motion == 'md' else 'geop'} forces={v.forces}"
+                      f"{extra} beads={v.beads} dt={v.outer_dt_fs:g} fs steps={v.steps}")
             return 0
         if args.command == "validate":
             bad = 0

@@ -24,18 +24,18 @@ import sys
 import time
 from pathlib import Path
 
-from ipi_ncforces.inputs import make
+from ipi_ncforces.inputs import WATER64_XYZ, make
+from ipi_ncforces.models import SHIPPED_MODELS_DIR
 
-ROOT = Path(__file__).resolve().parent.parent
 CASES = (("conservative", "nve-cons"), ("direct", "nve-direct"), ("mts", "nve-mts"))
 
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ipi-nc demo", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", type=Path, default=Path("demo-out"), help="output folder (default demo-out)")
-    p.add_argument("--model", type=Path, default=ROOT / "models" / "data" / "water-m.pt",
+    p.add_argument("--model", type=Path, default=SHIPPED_MODELS_DIR / "water-m.pt",
                    help="two-head model (energy + direct): ipi-ncforces .pt or metatomic export; default models/data/water-m.pt")
-    p.add_argument("--structure", type=Path, default=ROOT / "inputs" / "water64.xyz", help="start structure (i-PI xyz)")
+    p.add_argument("--structure", type=Path, default=WATER64_XYZ, help="start structure (i-PI xyz)")
     p.add_argument("--time-ps", type=float, default=1.5, help="simulated time per run (ps, default 1.5; the direct run runs away beyond ~2 ps)")
     p.add_argument("--dt-fs", type=float, default=0.5, help="(inner) time step (fs, default 0.5)")
     p.add_argument("--mts-m", type=int, default=4, help="MTS inner steps per outer step (default 4: 2 fs outer step, see above)")

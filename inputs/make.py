@@ -147,9 +147,8 @@ class Variant:
         if self.beads < 1:
             raise VariantError(f"beads must be >= 1 (--beads), got {self.beads}")
         if self.contract_beads and not (1 <= self.contract_beads < self.beads):
-            raise VariantError(
-                f"contract-beads {self.contract_beads} must be between 1 and beads-1 ({self.beads - 1})"
-            )
+            raise VariantError(f"contract-beads {self.contract_beads} must be between 1 and beads-1 "
+                               f"({self.beads - 1})")
         if self.motion == "geop":
             if self.geop_mode not in GEOP_MODES:
                 raise VariantError(f"geop mode '{self.geop_mode}' unknown (--geop-mode): choose {', '.join(GEOP_MODES)}")
@@ -177,10 +176,8 @@ class Variant:
             if self.beads == 1 and self.thermostat in PIMD_THERMOSTATS:
                 allowed = MD_THERMOSTATS + PIMD_THERMOSTATS  # PILE on one bead = Langevin / SVR
             if self.thermostat not in allowed:
-                raise VariantError(
-                    f"thermostat '{self.thermostat}' not available with {self.beads} bead(s) (--thermostat): "
-                    f"choose {', '.join(allowed)}"
-                )
+                raise VariantError(f"thermostat '{self.thermostat}' not available with {self.beads} bead(s) "
+                                   f"(--thermostat): choose {', '.join(allowed)}")
             if self.tau_fs <= 0:
                 raise VariantError(f"tau must be > 0 fs (--tau-fs), got {self.tau_fs}")
         else:

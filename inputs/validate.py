@@ -77,15 +77,13 @@ def _check_semantics(text: str, source: str, base_dir: str | Path | None) -> Non
             name = force.get("forcefield")
             used.add(name)
             if name not in ff_names:
-                raise InputValidationError(
-                    f"{source}: force component uses forcefield '{name}' but only {ff_names} are defined"
-                )
+                raise InputValidationError(f"{source}: force component uses forcefield '{name}' but only "
+                                           f"{ff_names} are defined")
             weights = force.find("mts_weights")
             n = len(weights.text.strip().strip("[]").split(",")) if weights is not None else 1
             if weights is not None and n != levels:
-                raise InputValidationError(
-                    f"{source}: forcefield '{name}' has {n} mts_weights but <nmts> has {levels} levels"
-                )
+                raise InputValidationError(f"{source}: forcefield '{name}' has {n} mts_weights but <nmts> has "
+                                           f"{levels} levels")
         init_file = system.find("initialize/file")
         if base_dir is not None and init_file is not None:
             path = Path(base_dir) / init_file.text.strip()

@@ -27,6 +27,7 @@ The i-PI inputs come from :mod:`ipi_ncforces.inputs.make` and the processes are 
 from __future__ import annotations
 
 import argparse
+import collections
 import math
 import shutil
 import sys
@@ -160,12 +161,8 @@ def label_frames(frames: list, model, chunk: int = 8) -> list:
             virial = p.virial[k].numpy()
             sigma = -virial / atoms.cell.volume  # ASE: stress = -W / V
             atoms.info["virial"] = virial
-            atoms.calc = SinglePointCalculator(
-                atoms,
-                energy=float(p.energy[k]),
-                forces=p.forces[k].numpy(),
-                stress=full_3x3_to_voigt_6_stress(sigma),
-            )
+            atoms.calc = SinglePointCalculator(atoms, energy=float(p.energy[k]), forces=p.forces[k].numpy(),
+                                               stress=full_3x3_to_voigt_6_stress(sigma))
     return frames
 
 
@@ -248,9 +245,7 @@ def generate(
     timings["total"] = time.perf_counter() - start
     if not keep:
         shutil.rmtree(workdir, ignore_errors=True)
-    counts = {}
-    for atoms in all_frames:
-        counts[atoms.info["segment"]] = counts.get(atoms.info["segment"], 0) + 1
+    counts = collections.Counter(atoms.info["segment"] for atoms in all_frames)
     log(
         f"wrote {len(all_frames)} frames to {out} ({', '.join(f'{k}: {v}' for k, v in counts.items())}); "
         f"MD {timings['md_total']:.0f} s, labelling {timings['labelling']:.0f} s, total {timings['total']:.0f} s"

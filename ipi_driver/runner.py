@@ -28,8 +28,11 @@ What it does, in order:
    limit: non-zero exit with a one-line reason.
 Logs: WORKDIR/ipi.log and WORKDIR/driver-<forcefield>-<k>.log.
 Exit codes: 0 done; 2 bad input (options, input/structure/model files, a model that
-cannot serve the input), reported before anything starts; 1 the run failed; 128 + N
-after signal N.
+cannot serve the input, a template that does not match the checkpoint, an unwritable
+--workdir), reported before anything starts; 1 the run failed (a driver error such as
+NaN forces, an i-PI error, a write error, recoveries used up); 128 + N after signal N.
+A driver or i-PI killed by a signal (exit code < 0 or > 128) is recovered; an error a
+process reports itself (exit code 1..128) is not: a retry would repeat it.
 """
 
 from __future__ import annotations
@@ -555,7 +558,7 @@ def _follow(args, ipi: launch.Process, drivers: list[launch.Process], commands: 
             if code != 0:  # killed by a signal: restart from the checkpoint
                 reason = f"i-PI exited with code {code}: {ipi.log_tail()} (see {ipi.log_path})"
                 if recoveries[0] >= args.max_restarts:
-                    raise RunError(reason + ("; continue with --resume" if args.max_restarts == 0 else ""))
+                    raise RunError(reason + "; continue with --resume")
                 raise _Resume(f"i-PI exited with code {code}")
             for driver in drivers:  # finished: the drivers got EXIT and stop on their own
                 try:
@@ -588,7 +591,7 @@ def _follow(args, ipi: launch.Process, drivers: list[launch.Process], commands: 
                 if not ipi.running():
                     break  # i-PI died first, the driver only followed it: handled above next round
                 reason = f"driver '{driver.label}' exited with code {driver.returncode} while i-PI was running (see {driver.log_path})"
-                if driver.returncode > 0:  # the driver reported an error (NaN forces, bad model): a new one would repeat it
+                if 0 < driver.returncode <= 128:  # an error it reported (NaN forces, bad model): a new one would repeat it
                     errors = [ln.strip() for ln in driver.log_text().splitlines() if "error:" in ln]
                     raise RunError(f"{reason}: {errors[-1] if errors else driver.log_tail(1)}; i-PI stopped")
                 if recoveries[0] >= args.max_restarts:

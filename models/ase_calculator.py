@@ -38,14 +38,8 @@ class ModelCalculator(Calculator):
 
     implemented_properties = ["energy", "free_energy", "forces", "stress"]
 
-    def __init__(
-        self,
-        model: PotentialModel,
-        forces: str = CONSERVATIVE,
-        device: str = "cpu",
-        dtype: torch.dtype = torch.float64,
-        **kwargs,
-    ):
+    def __init__(self, model: PotentialModel, forces: str = CONSERVATIVE, device: str = "cpu",
+                 dtype: torch.dtype = torch.float64, **kwargs):
         super().__init__(**kwargs)
         if forces not in SINGLE_FORCE_MODES:
             raise ValueError(f"forces='{forces}' is not one of {', '.join(SINGLE_FORCE_MODES)}")

@@ -151,16 +151,8 @@ def _strained(batch: Batch) -> tuple[Batch, torch.Tensor, torch.Tensor]:
     return strained, positions, strain
 
 
-def evaluate(
-    model: PotentialModel,
-    batch: Batch,
-    *,
-    conservative: bool = True,
-    direct: bool = False,
-    virial: bool = True,
-    energy: bool = True,
-    create_graph: bool = False,
-) -> Prediction:
+def evaluate(model: PotentialModel, batch: Batch, *, conservative: bool = True, direct: bool = False,
+             virial: bool = True, energy: bool = True, create_graph: bool = False) -> Prediction:
     """Evaluate ``model`` on ``batch``; one backbone pass serves both heads.
 
     conservative: energy, forces = -dE/dr and (if ``virial``) W = -dE/dstrain.

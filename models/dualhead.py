@@ -104,19 +104,9 @@ class DualHeadPotential(PotentialModel):
     model_type = "dual_head"
     predicts_direct_virial = True
 
-    def __init__(
-        self,
-        species: tuple[int, ...] = (1, 8),
-        cutoff: float = 5.0,
-        width: int = 32,
-        layers: int = 2,
-        n_rbf: int = 16,
-        vector_width: int = 8,
-        variant: str = "M",
-        energy_offsets_ev: list[float] | None = None,
-        scale_ev: float = 1.0,
-        avg_neighbors: float = 30.0,
-    ):
+    def __init__(self, species: tuple[int, ...] = (1, 8), cutoff: float = 5.0, width: int = 32, layers: int = 2,
+                 n_rbf: int = 16, vector_width: int = 8, variant: str = "M",
+                 energy_offsets_ev: list[float] | None = None, scale_ev: float = 1.0, avg_neighbors: float = 30.0):
         super().__init__(species=species, cutoff=cutoff)
         if variant not in VARIANT_HEADS:
             raise ValueError(f"variant must be one of {', '.join(VARIANT_HEADS)}, not '{variant}'")
@@ -150,18 +140,10 @@ class DualHeadPotential(PotentialModel):
             self.direct_out = nn.Linear(self.width, 1, bias=False)
 
     def config(self) -> dict:
-        return {
-            "species": list(self.species),
-            "cutoff": self.cutoff,
-            "width": self.width,
-            "layers": self.n_layers,
-            "n_rbf": self.n_rbf,
-            "vector_width": self.vector_width,
-            "variant": self.variant,
-            "energy_offsets_ev": list(self.energy_offsets_ev),
-            "scale_ev": self.scale_ev,
-            "avg_neighbors": self.avg_neighbors,
-        }
+        return {"species": list(self.species), "cutoff": self.cutoff, "width": self.width, "layers": self.n_layers,
+                "n_rbf": self.n_rbf, "vector_width": self.vector_width, "variant": self.variant,
+                "energy_offsets_ev": list(self.energy_offsets_ev), "scale_ev": self.scale_ev,
+                "avg_neighbors": self.avg_neighbors}
 
     def forward(self, batch: Batch, heads: tuple[str, ...]) -> dict[str, torch.Tensor]:
         self.check_species(batch.species)

@@ -45,7 +45,7 @@ def _forces_with_graph(model: PotentialModel, batch: Batch, positions: torch.Ten
         if head == CONSERVATIVE:
             energy = model(structure, (ENERGY_HEAD,))["energy"].sum()
             (grad,) = torch.autograd.grad(energy, positions, create_graph=True)
-            return -grad[0] if grad.dim() == 3 else -grad
+            return -grad
         return model(structure, (DIRECT_HEAD,))["direct_forces"][0]
 
 
@@ -203,8 +203,7 @@ def path_forces(model: PotentialModel, batch: Batch, path: ClosedPath, head: str
     out = []
     for start in range(0, path.positions.shape[0], chunk):
         pos = path.positions[start : start + chunk]
-        cells = batch.cells[:1].expand(pos.shape[0], 3, 3)
-        points = Batch(batch.species, pos, cells)
+        points = Batch(batch.species, pos, batch.cells[:1].expand(pos.shape[0], 3, 3))
         if head == CONSERVATIVE:
             out.append(evaluate(model, points, virial=False).forces.detach())
         else:

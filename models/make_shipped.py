@@ -59,9 +59,8 @@ def generate_interim_data(
         atoms = start.copy()
         atoms.calc = ModelCalculator(QTIP4PF(), forces="conservative")
         MaxwellBoltzmannDistribution(atoms, temperature_K=temperature_k, rng=np.random.default_rng(seed + 2 * k))
-        dynamics = Langevin(
-            atoms, 0.5 * ASE_TIME_PER_FS, temperature_K=temperature_k, friction=0.01 / ASE_TIME_PER_FS, rng=np.random.default_rng(seed + 2 * k + 1)
-        )
+        dynamics = Langevin(atoms, 0.5 * ASE_TIME_PER_FS, temperature_K=temperature_k, friction=0.01 / ASE_TIME_PER_FS,
+                            rng=np.random.default_rng(seed + 2 * k + 1))
         dynamics.run(100)  # 50 fs to leave the start structure / heat up
         for _ in range(count):
             dynamics.run(stride)

@@ -15,9 +15,9 @@ Outputs (metatomic 0.1.19 names and layouts):
 * ``non_conservative_stress`` (eV/A^3, (n_systems, 3, 3, 1)) = -W / V from the direct
   head's pair virial W (eV), 0 for a non-periodic system (i-PI multiplies by V again).
 
-q-TIP4P/F is not exported: its Ewald sum builds its own position-dependent molecule
-neighbour list with vesin-torch, which TorchScript cannot compile (see the module notes
-in the README section of the metatomic work).
+q-TIP4P/F is exported as an energy-only model (forces and virial by autograd in the
+engine) through :class:`ipi_ncforces.models.qtip4pf_metatomic.QTIP4PFMetatomic`, which reads
+the engine's neighbour list instead of building its own with vesin-torch (not scriptable).
 """
 
 
@@ -30,6 +30,7 @@ from torch import nn
 
 from ipi_ncforces.models.base import DIRECT_HEAD, ENERGY_HEAD, PotentialModel
 from ipi_ncforces.models.dualhead import DualHeadPotential, cosine_cutoff
+from ipi_ncforces.models.qtip4pf import QTIP4PF
 
 try:  # metatensor/metatomic classes are needed to script and save; imported lazily by callers
     from metatensor.torch import Labels, TensorBlock, TensorMap
@@ -40,6 +41,10 @@ except ImportError:  # pragma: no cover - metatomic-torch is a dependency
 PAPER = (
     "F. Bigi, M. F. Langer, M. Ceriotti, The dark side of the forces: assessing non-conservative force "
     "models for atomistic machine learning, ICML 2025, arXiv:2412.11569"
+)
+QTIP4PF_PAPER = (
+    "S. Habershon, T. E. Markland, D. E. Manolopoulos, Competing quantum effects in the dynamics of a "
+    "flexible water model, J. Chem. Phys. 131, 024501 (2009)"
 )
 REPOSITORY = "ipi-ncforces (i-PI drivers and studies of non-conservative forces)"
 
@@ -218,17 +223,18 @@ def to_atomistic(
     source: str = "",
     direct_stress: bool = True,
 ):
-    """A metatomic ``AtomisticModel`` for ``model`` (a DualHeadPotential), in ``dtype``.
+    """A metatomic ``AtomisticModel`` for ``model`` (a DualHeadPotential or QTIP4PF), in ``dtype``.
 
     direct_stress: declare ``non_conservative_stress`` for a model with a direct head
     (False makes a model like most direct-force models in the wild: forces only)."""
     import metatomic.torch as mta
 
+    if isinstance(model, QTIP4PF):
+        return _qtip4pf_atomistic(model, dtype=dtype, name=name, description=description)
     if not isinstance(model, DualHeadPotential):
         kind = type(model).__name__
         raise ExportError(
-            f"'{source or kind}' holds a {kind}; only dual-head ML models (C, NC, M) can be exported "
-            "(q-TIP4P/F's Ewald code is not TorchScript-compatible)"
+            f"'{source or kind}' holds a {kind}; only dual-head ML models (C, NC, M) and q-TIP4P/F can be exported"
         )
     model = model.to(dtype=dtype).eval()
     module = DualHeadMetatomic(model).to(dtype=dtype).eval()
@@ -264,6 +270,36 @@ def to_atomistic(
         outputs=outputs,
         atomic_types=sorted(int(z) for z in model.species),
         interaction_range=interaction_range_ang(model),
+        length_unit="angstrom",
+        supported_devices=["cpu", "cuda"],
+        dtype={torch.float64: "float64", torch.float32: "float32"}[dtype],
+    )
+    return mta.AtomisticModel(module, metadata, capabilities)
+
+
+def _qtip4pf_atomistic(model: QTIP4PF, *, dtype: torch.dtype, name: str, description: str):
+    """Energy-only metatomic model of q-TIP4P/F (Ewald: interaction range infinite)."""
+    import metatomic.torch as mta
+
+    from ipi_ncforces.models.qtip4pf_metatomic import QTIP4PFMetatomic
+
+    module = QTIP4PFMetatomic(model).to(dtype=dtype).eval()
+    metadata = mta.ModelMetadata(
+        name=name or "q-TIP4P/F water",
+        description=description
+        or (
+            f"q-TIP4P/F flexible water (energy only; forces and virial by autograd), from {REPOSITORY}. "
+            f"Ewald sum (alpha {model.ewald_alpha:g} 1/A, real-space cutoff {model.real_cutoff:g} A, "
+            f"|k| < {model.kspace_cutoff:g} 1/A), O-O Lennard-Jones switched to 0 at {model.lj_cutoff:g} A. "
+            "Atoms must be ordered O H H per molecule."
+        ),
+        authors=["ipi-ncforces"],
+        references={"model": [QTIP4PF_PAPER], "implementation": [REPOSITORY]},
+    )
+    capabilities = mta.ModelCapabilities(
+        outputs={"energy": mta.ModelOutput(unit="eV", sample_kind="system", description="total energy")},
+        atomic_types=[1, 8],
+        interaction_range=float("inf"),
         length_unit="angstrom",
         supported_devices=["cpu", "cuda"],
         dtype={torch.float64: "float64", torch.float32: "float32"}[dtype],
@@ -321,12 +357,13 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(
         prog="ipi-nc export",
-        description="Write an ipi-ncforces C / NC / M model as a metatomic TorchScript file "
+        description="Write an ipi-ncforces C / NC / M model or q-TIP4P/F as a metatomic TorchScript file "
         "(for i-PI's metatomic PES, metatomic-ase, LAMMPS pair_style metatomic, and 'ipi-nc driver').",
         epilog="Outputs: energy (C, M), non_conservative_force and non_conservative_stress (NC, M); "
-        "units eV, Angstrom. q-TIP4P/F cannot be exported (see the README).",
+        "q-TIP4P/F: energy only (forces and virial by autograd in the engine; atoms ordered O H H). "
+        "Units eV, Angstrom.",
     )
-    parser.add_argument("model", help="ipi-ncforces model file (.pt from 'ipi-nc train')")
+    parser.add_argument("model", help="ipi-ncforces model file (.pt from 'ipi-nc train', or a saved q-TIP4P/F)")
     parser.add_argument("output", help="metatomic model file to write (.pt)")
     parser.add_argument(
         "--dtype", choices=("float64", "float32"), default="float64", help="precision of the exported model (default float64)"

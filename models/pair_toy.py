@@ -27,15 +27,8 @@ class PairToyModel(PotentialModel):
 
     model_type = "pair_toy"
 
-    def __init__(
-        self,
-        species: tuple[int, ...] = (1, 8),
-        cutoff: float = 4.0,
-        eps_ev: float = 0.05,
-        sigma_ang: float = 0.8,
-        asymmetry: float = 0.1,
-        heads: tuple[str, ...] = (ENERGY_HEAD, DIRECT_HEAD),
-    ):
+    def __init__(self, species: tuple[int, ...] = (1, 8), cutoff: float = 4.0, eps_ev: float = 0.05,
+                 sigma_ang: float = 0.8, asymmetry: float = 0.1, heads: tuple[str, ...] = (ENERGY_HEAD, DIRECT_HEAD)):
         super().__init__(species=species, cutoff=cutoff)
         self.heads = tuple(heads)
         self.eps_ev = float(eps_ev)
@@ -53,14 +46,8 @@ class PairToyModel(PotentialModel):
         self.register_buffer("species_index", lookup)
 
     def config(self) -> dict:
-        return {
-            "species": list(self.species),
-            "cutoff": self.cutoff,
-            "eps_ev": self.eps_ev,
-            "sigma_ang": self.sigma_ang,
-            "asymmetry": self.asymmetry,
-            "heads": list(self.heads),
-        }
+        return {"species": list(self.species), "cutoff": self.cutoff, "eps_ev": self.eps_ev,
+                "sigma_ang": self.sigma_ang, "asymmetry": self.asymmetry, "heads": list(self.heads)}
 
     def _phi_and_derivative(self, r: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """phi(r) in eV and dphi/dr in eV/A."""

@@ -64,18 +64,21 @@ def check_water_order(species: torch.Tensor) -> int:
     """Number of molecules; ValueError unless atoms are O, H, H per molecule."""
     n_atoms = int(species.shape[0])
     if n_atoms == 0 or n_atoms % 3 != 0:
-        raise ValueError(
-            f"q-TIP4P/F needs whole water molecules ordered O H H; got {n_atoms} atoms (not a multiple of 3)"
-        )
+        raise ValueError(f"q-TIP4P/F needs whole water molecules ordered O H H; got {n_atoms} atoms "
+                         "(not a multiple of 3)")
     expected = torch.tensor(WATER_Z, dtype=species.dtype, device=species.device).repeat(n_atoms // 3)
     wrong = (species != expected).nonzero()
     if wrong.numel():
         k = int(wrong[0, 0])
-        raise ValueError(
-            f"q-TIP4P/F needs atoms ordered O H H per molecule; atom {k} has Z={int(species[k])}, "
-            f"expected Z={WATER_Z[k % 3]} (reorder the structure file)"
-        )
+        raise ValueError(f"q-TIP4P/F needs atoms ordered O H H per molecule; atom {k} has Z={int(species[k])}, "
+                         f"expected Z={WATER_Z[k % 3]} (reorder the structure file)")
     return n_atoms // 3
+
+
+def _upper_half(n: torch.Tensor) -> torch.Tensor:
+    """(K,) bool: integer vectors n (K, 3) with n > 0 in lexicographic order, i.e. one of +n / -n."""
+    nx, ny, nz = n[:, 0], n[:, 1], n[:, 2]
+    return (nx > 0) | ((nx == 0) & (ny > 0)) | ((nx == 0) & (ny == 0) & (nz > 0))
 
 
 def _smooth_switch(r: torch.Tensor, r_on: float, r_off: float) -> torch.Tensor:
@@ -97,15 +100,8 @@ class QTIP4PF(PotentialModel):
 
     model_type = "qtip4pf"
 
-    def __init__(
-        self,
-        species: tuple[int, ...] = (1, 8),
-        real_cutoff: float = 9.5,
-        ewald_alpha: float = 0.44,
-        kspace_cutoff: float = 3.9,
-        lj_cutoff: float = 9.0,
-        lj_switch_width: float = 1.0,
-    ):
+    def __init__(self, species: tuple[int, ...] = (1, 8), real_cutoff: float = 9.5, ewald_alpha: float = 0.44,
+                 kspace_cutoff: float = 3.9, lj_cutoff: float = 9.0, lj_switch_width: float = 1.0):
         super().__init__(species=species, cutoff=max(real_cutoff, lj_cutoff))
         self.heads = (ENERGY_HEAD,)
         self.real_cutoff = float(real_cutoff)
@@ -117,14 +113,9 @@ class QTIP4PF(PotentialModel):
         self.register_buffer("site_charges", torch.tensor([Q_M_E, Q_H_E, Q_H_E], dtype=torch.float64), persistent=False)
 
     def config(self) -> dict:
-        return {
-            "species": list(self.species),
-            "real_cutoff": self.real_cutoff,
-            "ewald_alpha": self.ewald_alpha,
-            "kspace_cutoff": self.kspace_cutoff,
-            "lj_cutoff": self.lj_cutoff,
-            "lj_switch_width": self.lj_switch_width,
-        }
+        return {"species": list(self.species), "real_cutoff": self.real_cutoff, "ewald_alpha": self.ewald_alpha,
+                "kspace_cutoff": self.kspace_cutoff, "lj_cutoff": self.lj_cutoff,
+                "lj_switch_width": self.lj_switch_width}
 
     # ------------------------------------------------------------------ geometry
     @staticmethod
@@ -212,9 +203,8 @@ class QTIP4PF(PotentialModel):
         return 4.0 * EPS_OO_EV * (s6 * s6 - s6)
 
     # ------------------------------------------------------------------ periodic
-    def _periodic_inter(
-        self, oxygen: torch.Tensor, d1: torch.Tensor, d2: torch.Tensor, cells: torch.Tensor
-    ) -> torch.Tensor:
+    def _periodic_inter(self, oxygen: torch.Tensor, d1: torch.Tensor, d2: torch.Tensor,
+                        cells: torch.Tensor) -> torch.Tensor:
         """(B,) eV: switched O-O LJ + Ewald Coulomb.
 
         One neighbour list over molecules (their oxygens) serves both: it reaches far
@@ -226,15 +216,11 @@ class QTIP4PF(PotentialModel):
         sites = self._sites(oxygen, d1, d2).reshape(n_struct, n_mol, 3, 3)  # M, H1, H2
         reach = (sites.detach() - oxygen.detach().unsqueeze(2)).norm(dim=-1).max()
         list_cutoff = max(self.lj_cutoff, self.real_cutoff + 2.0 * float(reach))
-        o_batch = Batch(
-            species=torch.full((n_mol,), 8, dtype=torch.long, device=oxygen.device), positions=oxygen, cells=cells
-        )
+        o_batch = Batch(torch.full((n_mol,), 8, dtype=torch.long, device=oxygen.device), oxygen, cells)
         edges = build_edges(o_batch, list_cutoff)
         # keep each molecule pair once (i < j; for a molecule and its own image, one of +S / -S)
         ci, cj, shifts = edges.centers, edges.neighbors, edges.shifts
-        sx, sy, sz = shifts[:, 0], shifts[:, 1], shifts[:, 2]
-        positive = (sx > 0) | ((sx == 0) & (sy > 0)) | ((sx == 0) & (sy == 0) & (sz > 0))
-        keep = (ci < cj) | ((ci == cj) & positive)
+        keep = (ci < cj) | ((ci == cj) & _upper_half(shifts))
         ci, cj, shifts, structure = ci[keep], cj[keep], shifts[keep], edges.structure[keep]
         offsets = torch.einsum("ek,ekl->el", shifts, cells[structure])  # (E, 3) A
 
@@ -302,9 +288,7 @@ class QTIP4PF(PotentialModel):
         n_max = [int(v) for v in torch.floor(self.kspace_cutoff * lengths / (2.0 * math.pi)).tolist()]
         axes = [torch.arange(-m, m + 1, device=cells.device, dtype=cells.dtype) for m in n_max]
         grid = torch.cartesian_prod(*axes)
-        nx, ny, nz = grid[:, 0], grid[:, 1], grid[:, 2]
-        half = (nx > 0) | ((nx == 0) & (ny > 0)) | ((nx == 0) & (ny == 0) & (nz > 0))
-        grid = grid[half]
+        grid = grid[_upper_half(grid)]
         kvec = torch.einsum("kd,bde->bke", grid, recip)
         weight = ((kvec.detach() ** 2).sum(-1) < self.kspace_cutoff**2).to(cells.dtype)
         # drop k-vectors outside the sphere for every structure (identical cells: the usual case)

@@ -83,26 +83,19 @@ def read_frames(
         forces = atoms.arrays.get(forces_key) if forces_key else results.get("forces", atoms.arrays.get("forces"))
         if forces is None:
             hint = f"no '{forces_key}' array" if forces_key else "no forces"
-            raise TrainingDataError(
-                f"frame {index} of '{path}' has {hint}; every frame needs per-atom forces in eV/A (see --forces-key)"
-            )
+            raise TrainingDataError(f"frame {index} of '{path}' has {hint}; every frame needs per-atom forces "
+                                    "in eV/A (see --forces-key)")
         energy = atoms.info.get(energy_key) if energy_key else results.get("energy", atoms.info.get("energy"))
         if energy is None:
             if need_energy:
-                raise TrainingDataError(
-                    f"frame {index} of '{path}' has no energy; variants C and M need energies in eV (see --energy-key)"
-                )
+                raise TrainingDataError(f"frame {index} of '{path}' has no energy; variants C and M need "
+                                        "energies in eV (see --energy-key)")
             energy = float("nan")
         cell = atoms.cell.array if atoms.pbc.any() else 0.0 * atoms.cell.array
-        frames.append(
-            Frame(
-                species=torch.as_tensor(atoms.numbers, dtype=torch.long),
-                positions=torch.as_tensor(atoms.positions, dtype=torch.float64),
-                cell=torch.as_tensor(cell, dtype=torch.float64),
-                energy_ev=float(energy),
-                forces=torch.as_tensor(forces, dtype=torch.float64),
-            )
-        )
+        frames.append(Frame(species=torch.as_tensor(atoms.numbers, dtype=torch.long),
+                            positions=torch.as_tensor(atoms.positions, dtype=torch.float64),
+                            cell=torch.as_tensor(cell, dtype=torch.float64), energy_ev=float(energy),
+                            forces=torch.as_tensor(forces, dtype=torch.float64)))
     return frames
 
 
@@ -114,9 +107,8 @@ def split_indices(n_frames: int, val_fraction: float, test_fraction: float, seed
     n_test = max(1, round(test_fraction * n_frames))
     n_val = max(1, round(val_fraction * n_frames))
     if n_test + n_val >= n_frames:
-        raise TrainingDataError(
-            f"--val-fraction {val_fraction} and --test-fraction {test_fraction} leave no training frames out of {n_frames}"
-        )
+        raise TrainingDataError(f"--val-fraction {val_fraction} and --test-fraction {test_fraction} leave no "
+                                f"training frames out of {n_frames}")
     return order[n_test + n_val :], order[n_test : n_test + n_val], order[:n_test]
 
 
@@ -159,14 +151,12 @@ def data_statistics(frames: list[Frame], indices: list[int], species: tuple[int,
     else:
         offsets = [0.0] * len(species)
     force_rms = torch.sqrt(torch.cat([frames[i].forces.reshape(-1) for i in indices]).pow(2).mean()).item()
-    sample = indices[: min(5, len(indices))]
-    n_pairs = 0
-    n_atoms = 0
-    for i in sample:
-        f = frames[i]
-        edges = build_edges(Batch(f.species, f.positions.unsqueeze(0), f.cell.unsqueeze(0)), cutoff)
-        n_pairs += int(edges.centers.numel())
-        n_atoms += int(f.species.numel())
+    sample = [frames[i] for i in indices[:5]]
+    n_pairs = sum(
+        int(build_edges(Batch(f.species, f.positions.unsqueeze(0), f.cell.unsqueeze(0)), cutoff).centers.numel())
+        for f in sample
+    )
+    n_atoms = sum(int(f.species.numel()) for f in sample)
     return {
         "energy_offsets_ev": offsets,
         "scale_ev": force_rms if force_rms > 0 else 1.0,
@@ -212,8 +202,7 @@ def mean_absolute_errors(model, frames, indices, batch_size, device, dtype) -> d
     forces_direct_mev_per_ang (those the model has)."""
     model.eval()
     totals: dict[str, float] = {}
-    n_frames = 0
-    n_components = 0
+    n_frames = n_components = 0
     for members in make_batches(frames, indices, batch_size, shuffle=False):
         batch, energies, forces = to_batch(frames, members, device, dtype)
         _, sums = batch_loss(model, batch, energies, forces, 1.0, 1.0)
@@ -361,8 +350,7 @@ def train(args: argparse.Namespace) -> dict:
             best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
             save_model(model, out_path, {"variant": args.variant, "status": f"best validation model after epoch {epoch} (training unfinished)"})
         elapsed = time.perf_counter() - t0
-        per_epoch = elapsed / max(1, epoch - start_epoch) if start_epoch == 0 else elapsed / epoch
-        remaining = (args.epochs - epoch) * per_epoch
+        remaining = (args.epochs - epoch) * elapsed / epoch  # elapsed includes the time before a resume
         if time_limit_s:
             remaining = min(remaining, max(0.0, time_limit_s - elapsed))
         history.append({"epoch": epoch, "train_loss": running / max(1, n_batches), **val})

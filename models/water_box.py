@@ -31,13 +31,11 @@ def _random_rotation(rng: np.random.Generator) -> np.ndarray:
     """Uniformly distributed 3x3 rotation (from a random unit quaternion)."""
     q = rng.normal(size=4)
     w, x, y, z = q / np.linalg.norm(q)
-    return np.array(
-        [
-            [1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
-            [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
-            [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)],
-        ]
-    )
+    return np.array([
+        [1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
+        [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
+        [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)],
+    ])
 
 
 def water_monomer_ang() -> np.ndarray:
@@ -45,13 +43,8 @@ def water_monomer_ang() -> np.ndarray:
     from ipi_ncforces.models.qtip4pf import R_EQ_ANG, THETA_EQ_DEG
 
     half = math.radians(THETA_EQ_DEG) / 2
-    return np.array(
-        [
-            [0.0, 0.0, 0.0],
-            [R_EQ_ANG * math.sin(half), 0.0, R_EQ_ANG * math.cos(half)],
-            [-R_EQ_ANG * math.sin(half), 0.0, R_EQ_ANG * math.cos(half)],
-        ]
-    )
+    x, z = R_EQ_ANG * math.sin(half), R_EQ_ANG * math.cos(half)
+    return np.array([[0.0, 0.0, 0.0], [x, 0.0, z], [-x, 0.0, z]])
 
 
 def lattice_water_box(n_molecules: int, density_g_cm3: float = DEFAULT_DENSITY_G_CM3, seed: int = 0):
@@ -66,9 +59,7 @@ def lattice_water_box(n_molecules: int, density_g_cm3: float = DEFAULT_DENSITY_G
     chosen = grid[rng.choice(len(grid), size=n_molecules, replace=False)]
     monomer = water_monomer_ang()
     centre = monomer.mean(axis=0)
-    positions = [
-        (monomer - centre) @ _random_rotation(rng).T + (site + 0.5) * length / n_side for site in chosen
-    ]
+    positions = [(monomer - centre) @ _random_rotation(rng).T + (site + 0.5) * length / n_side for site in chosen]
     return ase.Atoms("OHH" * n_molecules, positions=np.concatenate(positions), cell=[length] * 3, pbc=True)
 
 
@@ -93,10 +84,8 @@ def equilibrate(atoms, model, temperature_k: float, time_ps: float, seed: int = 
     FIRE(atoms, logfile=None).run(fmax=0.5, steps=300)
     set_temperature(atoms, temperature_k, seed)
     dt_fs = 0.5
-    dyn = Langevin(
-        atoms, timestep=dt_fs * ASE_TIME_PER_FS, temperature_K=temperature_k, friction=0.01 / ASE_TIME_PER_FS,
-        fixcm=False, rng=np.random.default_rng(seed + 1),
-    )
+    dyn = Langevin(atoms, timestep=dt_fs * ASE_TIME_PER_FS, temperature_K=temperature_k,
+                   friction=0.01 / ASE_TIME_PER_FS, fixcm=False, rng=np.random.default_rng(seed + 1))
     n_steps = int(round(time_ps * 1000 / dt_fs))
     report = max(1, n_steps // 10)
     start = time.perf_counter()
@@ -119,10 +108,8 @@ def make_start_structure(
     from ipi_ncforces.models.qtip4pf import QTIP4PF
 
     atoms = lattice_water_box(n_molecules, density_g_cm3, seed)
-    log(
-        f"start structure: {n_molecules} H2O in a {atoms.cell.lengths()[0]:.4f} A cubic box "
-        f"({density_g_cm3} g/cm^3), {time_ps} ps at {temperature_k} K"
-    )
+    log(f"start structure: {n_molecules} H2O in a {atoms.cell.lengths()[0]:.4f} A cubic box "
+        f"({density_g_cm3} g/cm^3), {time_ps} ps at {temperature_k} K")
     atoms = equilibrate(atoms, QTIP4PF(), temperature_k, time_ps, seed=seed, log=log)
     atoms.wrap()
     # wrapping may split molecules across the box: harmless (q-TIP4P/F uses minimum-image

@@ -158,18 +158,23 @@ def test_model_needing_extensions_that_were_not_given(tmp_path, files):
     _assert_refused(code, lines, workdir, str(model), "extensions", "--extensions DIR")
 
 
-def test_export_cli_writes_a_loadable_file_and_refuses_qtip4pf(tmp_path, capsys):
+def test_export_cli_writes_loadable_files_and_refuses_the_toy_model(tmp_path, capsys):
     from ipi_ncforces.models.io import save_model
     from ipi_ncforces.models.metatomic_export import main as export_main
+    from ipi_ncforces.models.pair_toy import PairToyModel
     from ipi_ncforces.models.qtip4pf import QTIP4PF
 
     out = tmp_path / "nc.pt"
     assert export_main([str(SHIPPED / "water-nc.pt"), str(out), "--dtype", "float32"]) == 0
     backend = load_backend(out)
     assert backend.heads == ("direct",) and backend.dtype == torch.float32 and backend.predicts_direct_virial
-    capsys.readouterr()
+    # q-TIP4P/F exports as an energy-only model (numbers checked in tests/test_qtip4pf_export.py)
     qtip = save_model(QTIP4PF(), tmp_path / "qtip4pf.pt")
-    assert export_main([str(qtip), str(tmp_path / "q-mta.pt")]) == 2
+    assert export_main([str(qtip), str(tmp_path / "q-mta.pt")]) == 0
+    assert load_backend(tmp_path / "q-mta.pt").heads == ("energy",)
+    capsys.readouterr()
+    toy = save_model(PairToyModel(), tmp_path / "toy.pt")
+    assert export_main([str(toy), str(tmp_path / "toy-mta.pt")]) == 2
     err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and str(qtip) in err and "q-TIP4P/F" in err
-    assert not (tmp_path / "q-mta.pt").exists()
+    assert len(err.splitlines()) == 1 and str(toy) in err and "PairToyModel" in err
+    assert not (tmp_path / "toy-mta.pt").exists()

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from ipi_ncforces.analysis.readers import find_run, read_properties, read_traj
 from ipi_ncforces.inputs import make
@@ -112,6 +113,7 @@ def _recovery_lines(err: str) -> list[str]:
     return [ln for ln in err.splitlines() if "recovery" in ln]
 
 
+@pytest.mark.slow
 def test_killed_driver_is_replaced_and_every_step_is_written_once(box_file, toy_model_file, tmp_path):
     xml = _input(tmp_path, box_file, "d")
     work = tmp_path / "run"
@@ -137,6 +139,7 @@ def test_killed_driver_is_replaced_and_every_step_is_written_once(box_file, toy_
     print(f"\nrecovery after driver SIGKILL: {recovery_s:.2f} s from kill to the next step")
 
 
+@pytest.mark.slow
 def test_driver_killed_under_consolidated_messages_restarts_ipi_from_checkpoint(box_file, toy_model_file, tmp_path):
     # consolidate_messages true (the user's choice, kept by the runner): i-PI 3.3.1's poller
     # dies on the reset connection and i-PI hangs; after --hang-timeout without a step the
@@ -162,6 +165,7 @@ def test_driver_killed_under_consolidated_messages_restarts_ipi_from_checkpoint(
     print(f"\nrecovery after driver SIGKILL with a hung i-PI: {recovery_s:.2f} s from kill to the next step (--hang-timeout 6)")
 
 
+@pytest.mark.slow
 def test_killed_ipi_is_restarted_from_its_checkpoint(box_file, toy_model_file, tmp_path):
     xml = _input(tmp_path, box_file, "i")
     work = tmp_path / "run"
@@ -182,6 +186,7 @@ def test_killed_ipi_is_restarted_from_its_checkpoint(box_file, toy_model_file, t
     print(f"\nrecovery after i-PI SIGKILL: {recovery_s:.2f} s from kill to the first new step")
 
 
+@pytest.mark.slow
 def test_killed_ipi_without_restarts_stops_and_resume_completes_the_run(box_file, toy_model_file, tmp_path):
     xml = _input(tmp_path, box_file, "m")
     work = tmp_path / "run"

@@ -60,7 +60,7 @@ if sys.argv[1:3] == ["show", "hostnames"]:
 
 
 @pytest.fixture
-def cluster(tmp_path, monkeypatch):
+def cluster(tmp_path):
     """A submit folder with the stubs first on PATH; returns (folder, env, calls reader, job waiter)."""
     stubs = tmp_path / "stub-bin"
     stubs.mkdir()
@@ -105,6 +105,7 @@ def _free_port_pair() -> int:
     raise RuntimeError("no free port pair")
 
 
+@pytest.mark.slow
 def test_server_and_gpu_driver_jobs_run_an_mts_simulation(cluster, box_file, toy_model_file):
     submit, env, calls, wait_job = cluster
     try:
