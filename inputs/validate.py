@@ -15,6 +15,9 @@ from pathlib import Path
 from lxml import etree
 
 
+FIX_HINT = "; fix that element (i-PI's input reference lists the valid tags and attributes)"
+
+
 class InputValidationError(ValueError):
     """Invalid input; the message is one line naming the file and the problem."""
 
@@ -42,9 +45,9 @@ def validate_string(text: str, source: str = "<input>", base_dir: str | Path | N
             simulation.parse(parsed.fields[0][1])
         _check_options(simulation, "simulation")
     except InputValidationError as exc:
-        raise InputValidationError(f"{source}: i-PI rejects the input: {exc}") from None
+        raise InputValidationError(f"{source}: i-PI rejects the input: {exc}{FIX_HINT}") from None
     except BaseException as exc:  # i-PI raises ValueError, NameError, TypeError, SystemExit...
-        raise InputValidationError(f"{source}: i-PI rejects the input: {_one_line(exc)}") from None
+        raise InputValidationError(f"{source}: i-PI rejects the input: {_one_line(exc)}{FIX_HINT}") from None
     _check_semantics(text, source, base_dir)
 
 
