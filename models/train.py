@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from ipi_ncforces.models.base import DIRECT_HEAD, ENERGY_HEAD, Batch
+from ipi_ncforces.models.base import ENERGY_HEAD, Batch
 from ipi_ncforces.models.modes import CONSERVATIVE, DIRECT, SINGLE_FORCE_MODES
 from ipi_ncforces.models.dualhead import VARIANT_HEADS, DualHeadPotential, count_parameters
 from ipi_ncforces.models.io import save_model
