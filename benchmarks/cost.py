@@ -15,10 +15,9 @@ import torch
 from ipi_ncforces.benchmarks.common import BenchConfig, interleaved, markdown_table, ratio_stats, stats_ms, water_system
 from ipi_ncforces.ipi_driver.evaluator import ForceEvaluator
 from ipi_ncforces.models.units import BOHR_PER_ANGSTROM
-from ipi_ncforces.models.base import Batch
+from ipi_ncforces.models.base import DTYPES, Batch
 from ipi_ncforces.models.neighbors import build_edges
 
-DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
 def repeats_for(n_atoms: int, cfg: BenchConfig) -> int:

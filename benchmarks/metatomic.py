@@ -22,12 +22,11 @@ from __future__ import annotations
 import statistics
 from pathlib import Path
 
-import torch
-
 from ipi_ncforces.benchmarks.common import BenchConfig, markdown_table, structure_file
 from ipi_ncforces.benchmarks.ipi_run import STEP_RE, Provider, bench_variant
 from ipi_ncforces.inputs import make
 from ipi_ncforces.ipi_driver import launch
+from ipi_ncforces.models.base import DTYPES
 
 DT_FS = 0.5
 WARMUP_STEPS = 2
@@ -45,7 +44,7 @@ def exported_model(cfg: BenchConfig) -> Path:
         return Path(cfg.model_path)
     out = Path(cfg.out) / "work" / f"{Path(cfg.model_path).stem}-metatomic-{cfg.dtype}.pt"
     if not out.is_file():
-        dtype = {"float32": torch.float32, "float64": torch.float64}[cfg.dtype]
+        dtype = DTYPES[cfg.dtype]
         export_model(cfg.model_path, out, dtype=dtype)
     return out
 

@@ -22,13 +22,14 @@ from __future__ import annotations
 import argparse
 import csv
 import os
-import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+
+from ipi_ncforces.ipi_driver import launch
 
 REFERENCE = "qtip4pf"  # --model keyword: the q-TIP4P/F reference potential (saved to a .pt here)
 TRANSPORTS = ("socket", "ffdirect")
@@ -167,47 +168,38 @@ def soak(
     work = Path(work)
     run_dir = work / f"run-{label}"
     xml = write_input(work, structure, steps, transport, label)
-    env = dict(os.environ)
-    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
-        env[var] = str(threads)
-    ipi_nc = str(Path(sys.executable).parent / "ipi-nc")
-    cmd = [ipi_nc, "run", str(xml), "--model", str(model), "--workdir", str(run_dir), "--device", device, "--quiet"]
+    cmd = [launch.find_executable("ipi-nc"), "run", xml, "--model", model, "--workdir", run_dir, "--device", device, "--quiet"]
     run_log = work / f"soak-{label}.log"
+    run_log.unlink(missing_ok=True)
     properties = run_dir / f"soak-{label}.out"
     samples: list[Sample] = []
     t0 = time.monotonic()
-    with open(run_log, "w") as out:
-        proc = subprocess.Popen(cmd, cwd=work, stdout=out, stderr=subprocess.STDOUT, env=env)
-        try:
-            previous_t, previous_step, last_report = t0, 0, t0
-            while proc.poll() is None:
-                time.sleep(sample_every_s)
-                now = time.monotonic()
-                if timeout_s is not None and now - t0 > timeout_s:
-                    raise RuntimeError(f"soak '{label}' ran past {timeout_s:g} s")
-                rss = {"ipi": 0.0, "driver": 0.0}
-                for pid in process_tree(proc.pid)[1:]:
-                    kind = role(pid)
-                    if kind in rss:
-                        rss[kind] += rss_mb(pid)
-                step = last_step(properties)
-                if step < 0 or rss["ipi"] == 0.0 or (transport == "socket" and rss["driver"] == 0.0):
-                    continue  # still starting (no properties row or driver yet) or already finishing
-                rate = (step - previous_step) / (now - previous_t) if samples else float("nan")
-                samples.append(Sample(now - t0, step, rate, rss["ipi"], rss["driver"]))
-                previous_t, previous_step = now, step
-                if now - last_report > 30:
-                    log(f"[soak {label}] step {step}/{steps}, {rate:.1f} steps/s, "
-                        f"RSS i-PI {rss['ipi']:.0f} MB, driver {rss['driver']:.0f} MB")
-                    last_report = now
-        finally:
-            if proc.poll() is None:
-                proc.terminate()
-                try:
-                    proc.wait(timeout=60)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
+    proc = launch.start_process(cmd, work, run_log.name, threads, label=f"ipi-nc run ({label})")
+    try:
+        previous_t, previous_step, last_report = t0, 0, t0
+        while proc.running():
+            time.sleep(sample_every_s)
+            now = time.monotonic()
+            if timeout_s is not None and now - t0 > timeout_s:
+                raise RuntimeError(f"soak '{label}' ran past {timeout_s:g} s")
+            rss = {"ipi": 0.0, "driver": 0.0}
+            for pid in process_tree(proc.popen.pid)[1:]:
+                kind = role(pid)
+                if kind in rss:
+                    rss[kind] += rss_mb(pid)
+            step = last_step(properties)
+            if step < 0 or rss["ipi"] == 0.0 or (transport == "socket" and rss["driver"] == 0.0):
+                continue  # still starting (no properties row or driver yet) or already finishing
+            rate = (step - previous_step) / (now - previous_t) if samples else float("nan")
+            samples.append(Sample(now - t0, step, rate, rss["ipi"], rss["driver"]))
+            previous_t, previous_step = now, step
+            if now - last_report > 30:
+                log(f"[soak {label}] step {step}/{steps}, {rate:.1f} steps/s, "
+                    f"RSS i-PI {rss['ipi']:.0f} MB, driver {rss['driver']:.0f} MB")
+                last_report = now
+    finally:
+        if proc.running():
+            proc.stop(grace_s=60)
     if proc.returncode != 0:
         tail = "\n".join(run_log.read_text(errors="replace").splitlines()[-10:])
         raise RuntimeError(f"soak '{label}': ipi-nc run exited {proc.returncode}:\n{tail}")

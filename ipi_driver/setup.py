@@ -12,11 +12,11 @@ import numpy as np
 import torch
 
 from ipi_ncforces.ipi_driver.evaluator import ForceEvaluator
+from ipi_ncforces.models.base import DTYPES
 from ipi_ncforces.models.loader import METATOMIC, load_backend, model_format
 from ipi_ncforces.models.modes import FORCE_MODES, HEADS_FOR_MODE
 from ipi_ncforces.models.structure_io import read_structure
 
-DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
 class SetupError(ValueError):

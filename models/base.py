@@ -21,6 +21,9 @@ import torch
 
 from ipi_ncforces.models.modes import DIRECT_HEAD, ENERGY_HEAD
 
+DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "float64": torch.float64}
+"""Floating-point precision by name (``--dtype``, metatomic ``capabilities.dtype``)."""
+
 
 @dataclass
 class Batch:

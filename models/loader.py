@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from ipi_ncforces.models.backend import ModelBackend, NativeBackend
+from ipi_ncforces.models.base import DTYPES
 from ipi_ncforces.models.io import MAKE_ONE, ModelFileError, load_model
 
 NATIVE, METATOMIC = "ipi-ncforces", "metatomic"
@@ -65,7 +66,7 @@ def load_backend(
     neighbor_skin_ang: Verlet skin of the metatomic neighbour lists (A); our models
     take theirs from the evaluator's cache.
     """
-    from ipi_ncforces.models.metatomic import DTYPES, MetatomicBackend, MetatomicLoadError
+    from ipi_ncforces.models.metatomic import MetatomicBackend, MetatomicLoadError
 
     if isinstance(dtype, str):
         dtype = DTYPES[dtype]

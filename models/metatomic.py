@@ -26,13 +26,12 @@ from typing import Iterator
 import torch
 
 from ipi_ncforces.models.backend import ModelBackend
-from ipi_ncforces.models.base import DIRECT_HEAD, ENERGY_HEAD, Batch, Prediction
+from ipi_ncforces.models.base import DIRECT_HEAD, DTYPES, ENERGY_HEAD, Batch, Prediction
 
 ENERGY_OUTPUT = "energy"
 FORCE_OUTPUT = "non_conservative_force"
 FORCE_OUTPUT_DEPRECATED = "non_conservative_forces"
 STRESS_OUTPUT = "non_conservative_stress"
-DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
 class MetatomicLoadError(ValueError):

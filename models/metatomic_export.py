@@ -28,7 +28,7 @@ from typing import Dict, List, Optional
 import torch
 from torch import nn
 
-from ipi_ncforces.models.base import DIRECT_HEAD, ENERGY_HEAD, PotentialModel
+from ipi_ncforces.models.base import DIRECT_HEAD, DTYPES, ENERGY_HEAD, PotentialModel
 from ipi_ncforces.models.dualhead import DualHeadPotential, cosine_cutoff
 from ipi_ncforces.models.qtip4pf import QTIP4PF
 
@@ -371,7 +371,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--name", default="", help="model name in the metadata (default: from the variant)")
     parser.add_argument("--description", default="", help="model description in the metadata")
     args = parser.parse_args(argv)
-    dtype = {"float64": torch.float64, "float32": torch.float32}[args.dtype]
+    dtype = DTYPES[args.dtype]
     try:
         path = export_model(args.model, args.output, dtype=dtype, name=args.name, description=args.description)
     except (ModelFileError, ExportError) as exc:
