@@ -132,9 +132,12 @@ def test_runner_serves_an_inet_socket_with_two_drivers(tmp_path, box_file, toy_m
     assert len(logs) == 2, logs
     counts = []
     for log in logs:
-        match = REQUESTS_RE.search(log.read_text())
-        assert match, log.read_text()
-        counts.append(int(match.group(1)))
+        text = log.read_text()
+        match = REQUESTS_RE.search(text)
+        # a driver that only got its first connection attempt in after the run ended is
+        # stopped by the runner and says so; any other ending is a failure
+        assert match or "no requests served" in text, text
+        counts.append(int(match.group(1)) if match else 0)
     assert sum(counts) >= beads * (steps + 1), counts
     assert step_rows(run_dir / "sim.out") == list(range(steps + 1))
 

@@ -19,7 +19,7 @@ import pytest
 import torch
 from ipi.utils.units import unit_to_internal, unit_to_user
 
-import ipi_ncforces.models as models_package
+from ipi_ncforces.models import SHIPPED_MODELS_DIR
 from ipi_ncforces.inputs import WATER64_XYZ, make
 from ipi_ncforces.ipi_driver import launch
 from ipi_ncforces.ipi_driver.setup import build_evaluator
@@ -29,7 +29,7 @@ from ipi_ncforces.models.metatomic_export import export_model
 from ipi_ncforces.models.structure_io import write_ipi_xyz
 from ipi_ncforces.models.water_box import lattice_water_box
 
-SHIPPED = Path(models_package.__file__).resolve().parent / "data"
+SHIPPED = SHIPPED_MODELS_DIR
 FORCE_TOL_EV_ANG = 1e-6
 ENERGY_TOL_EV_PER_ATOM = 1e-8
 VIRIAL_TOL_EV = 1e-6

@@ -18,7 +18,7 @@ import torch
 from metatensor.torch import Labels, TensorBlock, TensorMap
 from metatomic.torch import ModelOutput, System
 
-import ipi_ncforces.models as models_package
+from ipi_ncforces.models import SHIPPED_MODELS_DIR
 from ipi_ncforces.inputs import make
 from ipi_ncforces.ipi_driver.evaluator import ForceEvaluator
 from ipi_ncforces.models.loader import load_backend
@@ -26,7 +26,7 @@ from ipi_ncforces.models.metatomic_export import export_model
 from ipi_ncforces.models.structure_io import write_ipi_xyz
 from ipi_ncforces.models.water_box import lattice_water_box
 
-SHIPPED = Path(models_package.__file__).resolve().parent / "data"
+SHIPPED = SHIPPED_MODELS_DIR
 EARLIER_OUTPUT = "step potential\n0 -1.0\n"
 
 

@@ -68,6 +68,13 @@ class Run:
         self.reader = threading.Thread(target=lambda: self.lines.extend(self.proc.stderr), daemon=True)
         self.reader.start()
 
+    def kill_child_after(self, out: Path, rows: int, word: bytes) -> float:
+        """SIGKILL the child whose command line holds ``word`` once ``out`` has ``rows`` rows;
+        returns the moment of the kill (time.monotonic)."""
+        _wait_rows(out, rows, self.proc)
+        os.kill(_children(self.proc.pid, word)[0], signal.SIGKILL)
+        return time.monotonic()
+
     def finish(self, timeout_s: float = 120.0) -> tuple[int, str]:
         code = self.proc.wait(timeout_s)
         self.reader.join(10)
@@ -118,11 +125,8 @@ def test_killed_driver_is_replaced_and_every_step_is_written_once(box_file, toy_
     xml = _input(tmp_path, box_file, "d")
     work = tmp_path / "run"
     run = Run(_run_cmd(xml, toy_model_file, work))
-    proc = run.proc
     out = work / f"{xml.stem}.out"
-    _wait_rows(out, 15, proc)
-    os.kill(_children(proc.pid, b"driver")[0], signal.SIGKILL)
-    t_kill = time.monotonic()
+    t_kill = run.kill_child_after(out, 15, b"driver")
     recovery_s = run.seconds_until_new_step(out, t_kill, restart=False)
     code, err = run.finish()
     assert code == 0, err
@@ -147,11 +151,8 @@ def test_driver_killed_under_consolidated_messages_restarts_ipi_from_checkpoint(
     xml = _input(tmp_path, box_file, "h", consolidate_messages=True)
     work = tmp_path / "run"
     run = Run(_run_cmd(xml, toy_model_file, work, "--hang-timeout", "6"))
-    proc = run.proc
     out = work / f"{xml.stem}.out"
-    _wait_rows(out, 25, proc)
-    os.kill(_children(proc.pid, b"driver")[0], signal.SIGKILL)
-    t_kill = time.monotonic()
+    t_kill = run.kill_child_after(out, 25, b"driver")
     recovery_s = run.seconds_until_new_step(out, t_kill, restart=True)
     code, err = run.finish()
     total_s = time.monotonic() - t_kill
@@ -170,11 +171,8 @@ def test_killed_ipi_is_restarted_from_its_checkpoint(box_file, toy_model_file, t
     xml = _input(tmp_path, box_file, "i")
     work = tmp_path / "run"
     run = Run(_run_cmd(xml, toy_model_file, work))
-    proc = run.proc
     out = work / f"{xml.stem}.out"
-    _wait_rows(out, 25, proc)
-    os.kill(_children(proc.pid, b"i-pi")[0], signal.SIGKILL)
-    t_kill = time.monotonic()
+    t_kill = run.kill_child_after(out, 25, b"i-pi")
     recovery_s = run.seconds_until_new_step(out, t_kill, restart=True)
     code, err = run.finish()
     assert code == 0, err
