@@ -13,6 +13,7 @@ import sys
 # subcommand -> ("module:function", one-line summary). Each function takes argv.
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "train": ("ipi_ncforces.models.train:main", "train a C / NC / M potential on an extxyz file"),
+    "train-pet": ("ipi_ncforces.ipi_driver.train_pet:main", "train PET-C / PET-NC / PET-M water models with metatrain"),
     "reference-data": ("ipi_ncforces.ipi_driver.reference_data:main", "generate q-TIP4P/F water training data with i-PI"),
     "driver": ("ipi_ncforces.ipi_driver.cli:main", "serve model forces to a running i-PI over a socket"),
     "export": ("ipi_ncforces.models.metatomic_export:main", "write a C / NC / M model as a metatomic TorchScript file"),
