@@ -79,6 +79,25 @@ def _tiny_model(variant: str, seed: int = 0, **kwargs) -> DualHeadPotential:
 
 
 @pytest.fixture(scope="session")
+def toy_data(tmp_path_factory):
+    """10 jittered 8-water boxes labelled by the toy pair potential (energies eV, forces
+    eV/A), as an extxyz file."""
+    import ase.io
+    from ase.calculators.singlepoint import SinglePointCalculator
+
+    reference = PairToyModel(cutoff=3.5, eps_ev=1.0, sigma_ang=0.5).double()
+    frames = []
+    for seed in range(10):
+        atoms = _jittered_water_box(seed=seed, jitter_ang=0.15)
+        prediction = evaluate(reference, Batch.from_ase([atoms]), virial=False)
+        atoms.calc = SinglePointCalculator(atoms, energy=float(prediction.energy[0]), forces=prediction.forces[0].numpy())
+        frames.append(atoms)
+    path = tmp_path_factory.mktemp("data") / "toy.extxyz"
+    ase.io.write(path, frames, format="extxyz")
+    return path
+
+
+@pytest.fixture(scope="session")
 def jittered_water_box():
     """Builder ``(n_side=2, spacing_ang=3.1, seed=0, jitter_ang=0.1, periodic=True) -> ase.Atoms``:
     distorted geometries for model tests (not a liquid)."""

@@ -5,29 +5,12 @@ from __future__ import annotations
 import ase.io
 import pytest
 import torch
-from ase.calculators.singlepoint import SinglePointCalculator
 
 from ipi_ncforces.models.base import Batch, evaluate
 from ipi_ncforces.models.io import load_model
-from ipi_ncforces.models.pair_toy import PairToyModel
 from ipi_ncforces.models.train import main, read_frames
 
 TINY = ["--width", "8", "--n-rbf", "6", "--cutoff", "3.5", "--batch-size", "2", "--threads", "1"]
-
-
-@pytest.fixture(scope="module")
-def toy_data(tmp_path_factory, jittered_water_box):
-    """10 small water boxes labelled by the toy pair potential (energies eV, forces eV/A)."""
-    reference = PairToyModel(cutoff=3.5, eps_ev=1.0, sigma_ang=0.5).double()
-    frames = []
-    for seed in range(10):
-        atoms = jittered_water_box(seed=seed, jitter_ang=0.15)
-        prediction = evaluate(reference, Batch.from_ase([atoms]), virial=False)
-        atoms.calc = SinglePointCalculator(atoms, energy=float(prediction.energy[0]), forces=prediction.forces[0].numpy())
-        frames.append(atoms)
-    path = tmp_path_factory.mktemp("data") / "toy.extxyz"
-    ase.io.write(path, frames, format="extxyz")
-    return path
 
 
 @pytest.mark.parametrize("variant", ["M", "NC"])

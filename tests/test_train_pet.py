@@ -16,7 +16,6 @@ from ipi_ncforces.inputs import WATER16_XYZ
 from ipi_ncforces.ipi_driver.setup import build_evaluator
 from ipi_ncforces.ipi_driver.train_pet import main
 from ipi_ncforces.models import SHIPPED_MODELS_DIR, pet_training
-from ipi_ncforces.models.base import Batch
 from ipi_ncforces.models.errors import mean_absolute_errors
 from ipi_ncforces.models.io import load_model
 from ipi_ncforces.models.loader import load_backend
@@ -56,25 +55,11 @@ def test_time_budget_warms_up_decays_and_ends_the_epoch_loop(monkeypatch):
     assert epochs == [0, 1, 2, 3] and budget.epochs_run == 4
 
 
-def test_errors_match_the_native_trainer(jittered_water_box, tmp_path):
+def test_errors_match_the_native_trainer(toy_data):
     """models.errors (any backend) gives the MAEs of the native trainer's own routine."""
-    from ase.calculators.singlepoint import SinglePointCalculator
-
-    from ipi_ncforces.models.base import evaluate
-    from ipi_ncforces.models.pair_toy import PairToyModel
-
-    reference = PairToyModel(cutoff=3.5, eps_ev=1.0, sigma_ang=0.5).double()
-    frames = []
-    for seed in range(3):
-        atoms = jittered_water_box(seed=seed, jitter_ang=0.1)
-        p = evaluate(reference, Batch.from_ase([atoms]), virial=False)
-        atoms.calc = SinglePointCalculator(atoms, energy=float(p.energy[0]), forces=p.forces[0].numpy())
-        frames.append(atoms)
-    data = tmp_path / "toy.extxyz"
-    ase.io.write(data, frames, format="extxyz")
     path = SHIPPED_MODELS_DIR / "water-m.pt"
-    ours = mean_absolute_errors(load_backend(path), frames)
-    theirs = trainer_maes(load_model(path), read_frames(data), [0, 1, 2], 2, torch.device("cpu"), torch.float64)
+    ours = mean_absolute_errors(load_backend(path), ase.io.read(toy_data, ":3"))
+    theirs = trainer_maes(load_model(path), read_frames(toy_data), [0, 1, 2], 2, torch.device("cpu"), torch.float64)
     assert set(ours) == set(theirs) == {"energy_mev_per_atom", "forces_conservative_mev_per_ang", "forces_direct_mev_per_ang"}
     for key in ours:
         assert ours[key] == pytest.approx(theirs[key], rel=1e-6), key  # the extxyz round trip rounds
