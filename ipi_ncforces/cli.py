@@ -21,6 +21,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "inputs": ("ipi_ncforces.inputs.cli:main", "write and validate i-PI inputs (NVE/NVT/PIMD/MTS/geop)"),
     "analyze": ("ipi_ncforces.analysis.cli:main", "drift, temperatures, spectra, diffusion, g(r), geop, jacobian"),
     "demo": ("ipi_ncforces.inputs.demo:main", "NVE conservative vs direct vs MTS: drift table and plot"),
+    "audit": ("ipi_ncforces.benchmarks.audit:main", "the paper's artifact battery for one model: report md/html/json"),
     "bench": ("ipi_ncforces.benchmarks.cli:main", "cost of conservation, MTS speed-up, driver overhead"),
 }
 

@@ -1,0 +1,523 @@
+"""``ipi-nc audit MODEL``: the paper's battery of direct-force artifacts for one model.
+
+Stages (each writes OUT/stages/NAME.json; a rerun of the same command skips finished
+stages and finished MD runs, and continues an interrupted MD run from its checkpoint):
+
+- ``jacobian``: asymmetry lambda of each force head and the closed-path works (meV);
+- ``cost``: F = conservative / direct evaluation time, timed side by side;
+- ``nve``: drift (meV/atom/ps) and heating (K/ps) of conservative, direct and MTS runs
+  (M in the preset, inner step 0.5 fs), and the largest M that stays flat;
+- ``nvt``: <T>, <T_H>, <T_O> - target (K, block-average sigma) for SVR tau 10 fs (C, NC,
+  MTS) and Langevin tau 10 / 100 / 1000 fs (NC) plus Langevin 100 fs (C); the NC - C
+  difference at the same thermostat, with its sigma;
+- ``diffusion``: D of O (1e-5 cm^2/s) per NVT run and its ratio to the conservative run
+  with the same thermostat, with the Yeh-Hummer finite-size term;
+- ``rdf``: O-O g(r) of the SVR runs, largest |g_NC - g_C|;
+- ``geop``: L-BFGS and FIRE success rates (ASE) with conservative and direct forces, for
+  a gas-phase water molecule and the liquid box, from starts displaced by sigma = 0.5 A
+  (the paper's protocol; counts and step limits per preset);
+- a recommendation line from the NVE stage and F.
+
+Report: OUT/audit.md, OUT/audit.html (plots inline), OUT/audit.json, with the paper's PET
+numbers (arXiv:2412.11569, ../shared/docs/paper-notes.md) beside ours.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ipi_ncforces.inputs import WATER16_XYZ, WATER64_XYZ, make
+from ipi_ncforces.ipi_driver import launch
+from ipi_ncforces.models import SHIPPED_MODELS_DIR
+
+PROG = "ipi-nc audit"
+
+
+@dataclass(frozen=True)
+class Preset:
+    """Lengths of one audit. Times are simulated ps; the inner time step is 0.5 fs."""
+
+    name: str
+    structure: Path
+    nve_ps: float
+    nvt_ps: float
+    skip_ps: float
+    mts_ms: tuple[int, ...]
+    geop_starts: int
+    geop_max_steps: int
+    cost_repeats: int
+    sockets: str = "unix"  # "ffdirect": the model runs inside i-PI (one process per run)
+
+
+PRESETS = {
+    "quick": Preset("quick", WATER16_XYZ, nve_ps=0.1, nvt_ps=0.1, skip_ps=0.02, mts_ms=(2, 4), geop_starts=2,
+                    geop_max_steps=60, cost_repeats=3, sockets="ffdirect"),
+    "default": Preset("default", WATER64_XYZ, nve_ps=2.0, nvt_ps=4.0, skip_ps=0.5, mts_ms=(2, 4, 8), geop_starts=5,
+                      geop_max_steps=1000, cost_repeats=10),
+    "paper": Preset("paper", WATER64_XYZ, nve_ps=20.0, nvt_ps=20.0, skip_ps=2.0, mts_ms=(2, 4, 8, 16), geop_starts=20,
+                    geop_max_steps=1000, cost_repeats=20),
+}
+
+#: The paper's PET numbers (arXiv:2412.11569; ../shared/docs/paper-notes.md).
+PAPER = {
+    "lambda_direct": 0.004,
+    "nve_heating_direct_k_ps": 7.0,
+    "F": 2.3,
+    "nvt": {  # (forces, thermostat, tau fs) -> (dT, dT_H, dT_O) in K
+        ("direct", "langevin", 1000): (12.8, 11.2, 16.2), ("direct", "langevin", 100): (1.4, 1.3, 1.6),
+        ("direct", "langevin", 10): (0.1, 0.0, 0.2), ("conservative", "langevin", 100): (0.1, 0.0, 0.3),
+        ("conservative", "svr", 10): (0.1, -0.4, 1.0), ("direct", "svr", 10): (0.3, -4.4, 9.9),
+        ("mts", "svr", 10): (0.0, -0.1, 0.1),
+    },
+    "geop_success_pct": {  # (forces, system) -> % with L-BFGS
+        ("direct", "gas"): 75, ("conservative", "gas"): 83, ("direct", "liquid"): 52, ("conservative", "liquid"): 58,
+    },
+}
+
+NVT_CASES = (  # (run name, forces, thermostat, tau fs)
+    ("svr10-cons", "conservative", "svr", 10.0), ("svr10-direct", "direct", "svr", 10.0),
+    ("svr10-mts", "mts", "svr", 10.0), ("lang100-cons", "conservative", "langevin", 100.0),
+    ("lang10-direct", "direct", "langevin", 10.0), ("lang100-direct", "direct", "langevin", 100.0),
+    ("lang1000-direct", "direct", "langevin", 1000.0),
+)
+WATER_VISCOSITY_MPAS = 0.85  # Yeh-Hummer term (TIP4P-like water at 300 K)
+
+
+class Progress:
+    """Units of work done / total with elapsed time and a linear ETA."""
+
+    def __init__(self, total_units: float):
+        self.total = total_units
+        self.done = 0.0
+        self.t0 = time.monotonic()
+
+    def step(self, units: float, what: str) -> None:
+        self.done += units
+        elapsed = time.monotonic() - self.t0
+        eta = elapsed / self.done * (self.total - self.done) if self.done else float("nan")
+        print(f"[audit {100 * self.done / self.total:5.1f}%] {what} (elapsed {elapsed:.0f} s, ETA {eta:.0f} s)",
+              flush=True)
+
+
+# ----------------------------------------------------------------------------- MD runs
+
+
+def _md_runs(ctx, runs: list[tuple[str, make.Variant]], units_each: float) -> dict[str, Path]:
+    """`ipi-nc run` of each (name, variant) in OUT/runs/NAME, ``ctx.jobs`` at a time: a run
+    marked done is skipped, one with a checkpoint is continued (--resume). RuntimeError
+    naming the first run that fails."""
+    workdirs = {name: ctx.out / "runs" / name for name, _ in runs}
+    pending = [(name, v) for name, v in runs if not (workdirs[name] / "AUDIT_DONE").is_file()]
+    active: dict[str, subprocess.Popen] = {}
+    while pending or active:
+        while pending and len(active) < ctx.jobs:
+            name, v = pending.pop(0)
+            workdir = workdirs[name]
+            xml = make.write(make.with_changes(v, socket_address=f"audit{os.getpid()}-{name}"), ctx.out / "inputs" / f"{name}.xml")
+            cmd = [sys.executable, "-m", "ipi_ncforces.cli", "run", str(xml), "--model", str(ctx.model),
+                   "--workdir", str(workdir), "--quiet"]
+            if (workdir / "RESTART").is_file():
+                cmd.append("--resume")
+            elif workdir.exists():
+                shutil.rmtree(workdir)
+            active[name] = subprocess.Popen(cmd, env=launch.thread_env(ctx.threads), stdout=subprocess.DEVNULL)
+        time.sleep(0.2)
+        for name, proc in list(active.items()):
+            if proc.poll() is None:
+                continue
+            del active[name]
+            if proc.returncode != 0:
+                for other in active.values():
+                    other.terminate()
+                raise RuntimeError(f"MD run '{name}' failed (exit {proc.returncode}); logs in {workdirs[name]}")
+            (workdirs[name] / "AUDIT_DONE").write_text("ok\n")
+            ctx.progress.step(units_each, f"MD {name}")
+    return workdirs
+
+
+def _variant(name: str, preset: Preset, forces: str, total_ps: float, seed: int, **changes) -> make.Variant:
+    v = make.Variant(name=name, forces=forces, structure=str(preset.structure.resolve()), seed=seed, steps=1, sockets=preset.sockets,
+                     properties_fs=2.0, positions_fs=10.0, velocities_fs=10.0, forces_fs=1000.0,
+                     checkpoint_fs=100.0, **changes)
+    return make.with_changes(v, steps=make.steps_for_time(total_ps, v))
+
+
+# ----------------------------------------------------------------------------- stages
+
+
+def stage_jacobian(ctx) -> dict:
+    from ipi_ncforces.analysis.jacobian import jacobian_of
+    from ipi_ncforces.models.backend import NativeBackend
+    from ipi_ncforces.models.loader import NATIVE, load_backend, model_format
+    from ipi_ncforces.models.structure_io import read_structure
+
+    import torch
+
+    dtype = torch.float64 if model_format(ctx.model) == NATIVE else None
+    backend = load_backend(ctx.model, dtype=dtype, neighbor_skin_ang=0.0)
+    model = backend.model if isinstance(backend, NativeBackend) else backend
+    heads = jacobian_of(model, read_structure(ctx.preset.structure))
+    return {head: {"lambda": h["lambda"], "work_mev": h["work_mev"]} for head, h in heads.items()}
+
+
+def stage_cost(ctx) -> dict:
+    """F on the audit structure: both modes through the driver's ForceEvaluator, interleaved."""
+    import torch
+
+    from ipi_ncforces.benchmarks.common import interleaved, ratio_stats, stats_ms
+    from ipi_ncforces.benchmarks.cost import ipi_request
+    from ipi_ncforces.ipi_driver.evaluator import ForceEvaluator
+    from ipi_ncforces.models.loader import NATIVE, load_backend, model_format
+    from ipi_ncforces.models.structure_io import read_structure
+
+    torch.set_num_threads(ctx.threads)
+    atoms = read_structure(ctx.preset.structure)
+    backend = load_backend(ctx.model)  # the dtype the MD runs use (float64 for our files, its own for metatomic)
+    cells, positions = ipi_request(atoms)
+    evaluators = {mode: ForceEvaluator(backend, atoms.numbers, mode) for mode in ("direct", "conservative")}
+    samples = interleaved({m: (lambda e=e: e(cells, positions)) for m, e in evaluators.items()}, "cpu",
+                          ctx.preset.cost_repeats, warmup=2)
+    return {"n_atoms": len(atoms), "threads": ctx.threads, "F": ratio_stats(samples["conservative"], samples["direct"])["median"],
+            "direct_ms": stats_ms(samples["direct"])["median_ms"],
+            "conservative_ms": stats_ms(samples["conservative"])["median_ms"]}
+
+
+def stage_nve(ctx) -> dict:
+    from ipi_ncforces.analysis.drift import drift_of, plot_drift
+    from ipi_ncforces.analysis.readers import find_run
+
+    cases = [("nve-cons", "conservative", {}), ("nve-direct", "direct", {})]
+    cases += [(f"nve-mts{m}", "mts", {"mts_m": m}) for m in ctx.preset.mts_ms]
+    variants = {name: _variant(f"audit-{name}", ctx.preset, forces, ctx.preset.nve_ps, ctx.seed, **extra)
+                for name, forces, extra in cases}
+    workdirs = _md_runs(ctx, list(variants.items()), ctx.preset.nve_ps)
+    results = {}
+    for name, v in variants.items():
+        d = drift_of(find_run(workdirs[name]), skip_ps=0.0)
+        results[name] = {k: d.get(k) for k in ("drift_mev_atom_ps", "drift_err_mev_atom_ps", "heating_k_ps",
+                                               "heating_err_k_ps", "duration_ps")}
+        results[name]["outer_step_fs"] = v.outer_dt_fs
+        ctx.plots_data.setdefault("nve", []).append(d)
+    floor = abs(results["nve-cons"]["drift_mev_atom_ps"]) + 3.0 * results["nve-cons"]["drift_err_mev_atom_ps"]
+    flat = [m for m in ctx.preset.mts_ms
+            if abs(results[f"nve-mts{m}"]["drift_mev_atom_ps"]) <= floor + 3.0 * results[f"nve-mts{m}"]["drift_err_mev_atom_ps"]]
+    plot_drift(ctx.plots_data["nve"], ctx.out / "plots" / "nve-drift.png")
+    return {"runs": results, "flat_floor_mev_atom_ps": floor, "largest_flat_m": max(flat) if flat else None}
+
+
+def stage_nvt(ctx) -> dict:
+    from ipi_ncforces.analysis.diffusion import diffusion_of
+    from ipi_ncforces.analysis.rdf import rdf_of
+    from ipi_ncforces.analysis.readers import find_run
+    from ipi_ncforces.analysis.temperatures import temperatures_of
+
+    out = {"temperatures": {}, "diffusion": {}, "rdf": {}}
+    variants = {name: _variant(f"audit-{name}", ctx.preset, forces, ctx.preset.nvt_ps, ctx.seed, ensemble="nvt",
+                               thermostat=thermostat, tau_fs=tau, mts_m=8) for name, forces, thermostat, tau in NVT_CASES}
+    workdirs = _md_runs(ctx, list(variants.items()), ctx.preset.nvt_ps)
+    for name, forces, thermostat, tau in NVT_CASES:
+        v = variants[name]
+        run = find_run(workdirs[name])
+        t = temperatures_of(run, skip_ps=ctx.preset.skip_ps)["temperatures"]
+        target = v.temperature_k
+        out["temperatures"][name] = {
+            label: {"delta_k": s["mean_k"] - target, "err_k": s["err_k"]} for label, s in t.items() if label in ("T", "T_H", "T_O")
+        }
+        try:
+            d = diffusion_of(run, "O", skip_ps=ctx.preset.skip_ps, temperature_k=target, viscosity_mpas=WATER_VISCOSITY_MPAS)
+            out["diffusion"][name] = {"d_1e5_cm2_s": d["d_1e5_cm2_s"], "d_err_1e5_cm2_s": d["d_err_1e5_cm2_s"],
+                                      "d_inf_1e5_cm2_s": d.get("d_inf_1e5_cm2_s")}
+        except Exception as exc:  # too short for an MSD (quick preset)
+            out["diffusion"][name] = {"error": str(exc).splitlines()[0]}
+        if thermostat == "svr":
+            r = rdf_of(run, [("O", "O")])
+            out["rdf"][name] = r["series"]["O-O"]
+    diffs = {}
+    for direct, cons in (("svr10-direct", "svr10-cons"), ("svr10-mts", "svr10-cons"), ("lang100-direct", "lang100-cons")):
+        diffs[f"{direct} - {cons}"] = {
+            label: {"delta_k": out["temperatures"][direct][label]["delta_k"] - out["temperatures"][cons][label]["delta_k"],
+                    "err_k": float(np.hypot(out["temperatures"][direct][label]["err_k"], out["temperatures"][cons][label]["err_k"]))}
+            for label in out["temperatures"][cons] if label in out["temperatures"][direct]
+        }
+    out["differences"] = diffs
+    ratios = {}
+    for direct, cons in (("svr10-direct", "svr10-cons"), ("lang100-direct", "lang100-cons"), ("lang10-direct", "lang100-cons")):
+        a, b = out["diffusion"].get(direct, {}), out["diffusion"].get(cons, {})
+        if "d_1e5_cm2_s" in a and "d_1e5_cm2_s" in b and b["d_1e5_cm2_s"] > 0:
+            ratio = a["d_1e5_cm2_s"] / b["d_1e5_cm2_s"]
+            err = ratio * float(np.hypot(a["d_err_1e5_cm2_s"] / a["d_1e5_cm2_s"], b["d_err_1e5_cm2_s"] / b["d_1e5_cm2_s"]))
+            ratios[f"{direct} / {cons}"] = {"ratio": ratio, "err": err}
+    out["diffusion_ratios"] = ratios
+    if "svr10-direct" in out["rdf"] and "svr10-cons" in out["rdf"]:
+        (r, g_nc), (_, g_c) = out["rdf"]["svr10-direct"], out["rdf"]["svr10-cons"]
+        i = int(np.argmax(np.abs(np.asarray(g_nc) - np.asarray(g_c))))
+        out["rdf_max_abs_diff"] = {"r_a": float(r[i]), "delta_g": float(np.asarray(g_nc)[i] - np.asarray(g_c)[i])}
+        _plot_rdf(out["rdf"], ctx.out / "plots" / "rdf-oo.png")
+    out["rdf"] = {}  # the curves are in the plot, not the JSON
+    return out
+
+
+def stage_geop(ctx) -> dict:
+    from ase.build import molecule
+
+    from ipi_ncforces.analysis.geop import analyze_study
+    from ipi_ncforces.models.structure_io import read_structure
+
+    systems = {"gas": molecule("H2O"), "liquid": read_structure(ctx.preset.structure)}
+    out = {}
+    for system, atoms in systems.items():
+        if system == "gas":
+            atoms.cell = [20.0, 20.0, 20.0]
+            atoms.pbc = True
+            atoms.center()
+        path = ctx.out / "inputs" / f"geop-{system}.extxyz"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atoms.write(path, format="extxyz")
+        fmax = 1e-5 if system == "gas" else 1e-4  # the paper's thresholds (eV/A)
+        study = analyze_study(str(ctx.model), str(path), ctx.out / "geop" / system, ctx.preset.geop_starts, 0.5,
+                              ["LBFGS", "FIRE"], ["conservative", "direct"], fmax, ctx.preset.geop_max_steps, ctx.seed)
+        out[system] = [{k: c[k] for k in ("optimizer", "forces", "n_starts", "success_rate", "success_rate_err")}
+                       for c in study["cases"]]
+        ctx.progress.step(1.0, f"geometry optimisation, {system}")
+    return out
+
+
+STAGES = (("jacobian", stage_jacobian), ("cost", stage_cost), ("nve", stage_nve), ("nvt", stage_nvt),
+          ("geop", stage_geop))
+
+
+def _plot_rdf(curves: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for name, (r, g) in curves.items():
+        ax.plot(r, g, label=name)
+    ax.set_xlabel("r (A)")
+    ax.set_ylabel("g_OO(r)")
+    ax.legend()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+# ----------------------------------------------------------------------------- report
+
+
+def _pm(value, err, digits: int = 2) -> str:
+    if value is None:
+        return "-"
+    if err is None or not np.isfinite(err):
+        return f"{value:.{digits}f}"
+    return f"{value:.{digits}f} ± {err:.{digits}f}"
+
+
+def recommendation(results: dict) -> str:
+    nve, cost = results.get("nve"), results.get("cost")
+    if not nve or not cost:
+        return "no recommendation (NVE or cost stage missing)"
+    m = nve["largest_flat_m"]
+    if m is None:
+        return "no MTS M tried stays flat: use conservative forces"
+    run = nve["runs"][f"nve-mts{m}"]
+    rel = 1.0 + (cost["F"] - 1.0) / m
+    return (f"MTS M={m} at {run['outer_step_fs']:g} fs: drift {_pm(run['drift_mev_atom_ps'], run['drift_err_mev_atom_ps'], 4)} "
+            f"meV/atom/ps, cost {rel:.2f}x of direct ({rel / cost['F']:.2f}x of conservative; cost model 1 + (F-1)/M, F = {cost['F']:.2f})")
+
+
+def sections(results: dict) -> list[tuple[str, list[str], list[list[str]], list[str]]]:
+    """(title, header, rows, notes) of each report section."""
+    out = []
+    if "jacobian" in results:
+        rows = [[head, f"{h['lambda']:.3g}", *[f"{h['work_mev'].get(p, float('nan')):.3g}" for p in ("rotation", "stretch_loop")],
+                 f"{PAPER['lambda_direct']}" if head == "direct" else "0"] for head, h in results["jacobian"].items()]
+        out.append(("Jacobian asymmetry", ["forces", "lambda", "W rotation (meV)", "W stretch loop (meV)", "paper PET lambda"],
+                    rows, ["lambda = ||J_anti||_F / ||J||_F (Eq. 7); W = closed-path work (0 if conservative)."]))
+    if "cost" in results:
+        c = results["cost"]
+        out.append(("Cost of conservation", ["atoms", "direct (ms)", "conservative (ms)", "F", "paper PET F"],
+                    [[str(c["n_atoms"]), f"{c['direct_ms']:.2f}", f"{c['conservative_ms']:.2f}", f"{c['F']:.2f}", str(PAPER["F"])]],
+                    ["Timed side by side, one process, this machine."]))
+    if "nve" in results:
+        n = results["nve"]
+        rows = [[name, f"{r['outer_step_fs']:g}", _pm(r["drift_mev_atom_ps"], r["drift_err_mev_atom_ps"], 4),
+                 _pm(r["heating_k_ps"], r["heating_err_k_ps"])] for name, r in n["runs"].items()]
+        out.append(("NVE", ["run", "outer step (fs)", "drift (meV/atom/ps)", "heating (K/ps)"], rows,
+                    [f"Paper: PET-NC heats at {PAPER['nve_heating_direct_k_ps']:g} K/ps; PET-C and MTS M=8 stay flat.",
+                     f"Largest flat M: {n['largest_flat_m']} (|drift| <= |conservative drift| + 3 sigma of both)."]))
+    if "nvt" in results:
+        t = results["nvt"]
+        rows = []
+        for name, forces, thermostat, tau in NVT_CASES:
+            if name not in t["temperatures"]:
+                continue
+            ours = t["temperatures"][name]
+            paper = PAPER["nvt"].get((forces, thermostat, int(tau)))
+            rows.append([name, *[_pm(ours.get(k, {}).get("delta_k"), ours.get(k, {}).get("err_k"), 1) for k in ("T", "T_H", "T_O")],
+                         " / ".join(f"{x:+.1f}" for x in paper) if paper else "-"])
+        out.append(("NVT temperatures (deviation from the target, K)", ["run", "ΔT", "ΔT_H", "ΔT_O", "paper PET ΔT / ΔT_H / ΔT_O"], rows,
+                    ["sigma: block averaging of one run; it can be too small when the run is short (see the README)."]))
+        rows = [[pair, *[_pm(d.get(k, {}).get("delta_k"), d.get(k, {}).get("err_k"), 1) for k in ("T", "T_H", "T_O")]]
+                for pair, d in t["differences"].items()]
+        out.append(("Artifact: same thermostat, direct or MTS minus conservative (K)", ["runs", "ΔT", "ΔT_H", "ΔT_O"], rows, []))
+        rows = [[name, _pm(d.get("d_1e5_cm2_s"), d.get("d_err_1e5_cm2_s")), _pm(d.get("d_inf_1e5_cm2_s"), None)]
+                for name, d in t["diffusion"].items()]
+        rows += [[pair, _pm(r["ratio"], r["err"]), "ratio"] for pair, r in t["diffusion_ratios"].items()]
+        notes = [f"Yeh-Hummer term with viscosity {WATER_VISCOSITY_MPAS} mPa s. Paper: Langevin tau 100 fs slows "
+                 "diffusion ~1.5x, tau 10 fs ~5x."]
+        notes += [f"{name}: no D ({d['error']})" for name, d in t["diffusion"].items() if "error" in d]
+        if "rdf_max_abs_diff" in t:
+            d = t["rdf_max_abs_diff"]
+            notes.append(f"O-O g(r), SVR direct - conservative: largest |Δg| = {d['delta_g']:+.3f} at r = {d['r_a']:.2f} A.")
+        out.append(("Diffusion of O (1e-5 cm^2/s) and g(r)", ["run", "D", "D with Yeh-Hummer"], rows, notes))
+    if "geop" in results:
+        rows = []
+        for system, cases in results["geop"].items():
+            for c in cases:
+                paper = PAPER["geop_success_pct"].get((c["forces"], system)) if c["optimizer"] == "LBFGS" else None
+                rows.append([system, c["optimizer"], c["forces"], f"{100 * c['success_rate']:.0f} ± {100 * c['success_rate_err']:.0f}",
+                             str(c["n_starts"]), f"{paper}" if paper is not None else "-"])
+        out.append(("Geometry optimisation success (%)", ["system", "optimizer", "forces", "success", "starts", "paper PET (L-BFGS)"],
+                    rows, ["Starts displaced by sigma = 0.5 A; fmax 1e-5 eV/A (gas), 1e-4 eV/A (liquid)."]))
+    return out
+
+
+def write_report(out: Path, meta: dict, results: dict) -> dict[str, Path]:
+    from ipi_ncforces.analysis.report import markdown_table
+
+    recommendation_line = recommendation(results)
+    md = [f"# Audit of {meta['model']}", "", f"Preset `{meta['preset']}`, structure {meta['structure']}, seed {meta['seed']}, "
+          f"{meta['wall_s']:.0f} s wall.", "", f"**Recommendation:** {recommendation_line}", ""]
+    html = [f"<html><head><meta charset='utf-8'><title>Audit of {meta['model']}</title></head><body>",
+            f"<h1>Audit of {meta['model']}</h1><p>Preset <code>{meta['preset']}</code>, structure {meta['structure']}, "
+            f"seed {meta['seed']}, {meta['wall_s']:.0f} s wall.</p><p><b>Recommendation:</b> {recommendation_line}</p>"]
+    for title, header, rows, notes in sections(results):
+        md += [f"## {title}", "", markdown_table(header, rows), ""] + [f"- {n}" for n in notes] + [""]
+        html.append(f"<h2>{title}</h2><table border='1' cellpadding='3'><tr>" + "".join(f"<th>{h}</th>" for h in header) + "</tr>")
+        html += ["<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in rows]
+        html.append("</table>" + "".join(f"<p>{n}</p>" for n in notes))
+    for png in sorted((out / "plots").glob("*.png")):
+        md.append(f"![{png.stem}](plots/{png.name})")
+        html.append(f"<h3>{png.stem}</h3><img src='data:image/png;base64,{base64.b64encode(png.read_bytes()).decode()}'>")
+    html.append("</body></html>")
+    paths = {"md": out / "audit.md", "html": out / "audit.html", "json": out / "audit.json"}
+    paths["md"].write_text("\n".join(md) + "\n")
+    paths["html"].write_text("\n".join(html) + "\n")
+    paths["json"].write_text(json.dumps({"meta": meta, "recommendation": recommendation_line, "results": results},
+                                        indent=2, default=float) + "\n")
+    return paths
+
+
+# ----------------------------------------------------------------------------- command
+
+
+class _Context:
+    def __init__(self, model: Path, out: Path, preset: Preset, seed: int, threads: int, jobs: int, progress: Progress):
+        self.model, self.out, self.preset, self.seed, self.threads, self.progress = model, out, preset, seed, threads, progress
+        self.jobs = jobs
+        self.plots_data: dict = {}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog=PROG,
+        description=("Run the paper's battery of direct-force checks on MODEL (ours or metatomic, with an energy and "
+                     "a direct head) and write OUT/audit.md, audit.html and audit.json. Rerun the same command to "
+                     "continue: finished stages and MD runs are kept."),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("model", type=Path, nargs="?", default=SHIPPED_MODELS_DIR / "water-m.pt", help="model file")
+    p.add_argument("--out", type=Path, default=Path("audit-out"), help="output folder")
+    size = p.add_mutually_exclusive_group()
+    size.add_argument("--quick", action="store_const", const="quick", dest="preset", help="minutes: a smoke test on 16 waters")
+    size.add_argument("--paper", action="store_const", const="paper", dest="preset", help="the paper's lengths (for a GPU)")
+    p.set_defaults(preset="default")
+    p.add_argument("--structure", type=Path, help="system (i-PI xyz or extxyz; default: the preset's water box)")
+    p.add_argument("--stages", nargs="+", choices=[s for s, _ in STAGES], default=[s for s, _ in STAGES])
+    p.add_argument("--seed", type=int, default=31415, help="velocity / thermostat / geop seed")
+    p.add_argument("--threads", type=int, default=1, help="torch threads per process")
+    p.add_argument("--jobs", type=int, default=2, help="MD runs at a time (each: i-PI + one driver per forcefield)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    preset = PRESETS[args.preset]
+    if args.structure is not None:
+        if not args.structure.is_file():
+            print(f"{PROG}: structure file '{args.structure}' (--structure) does not exist", file=sys.stderr)
+            return 2
+        preset = Preset(**{**asdict(preset), "structure": args.structure})
+    if not args.model.is_file():
+        print(f"{PROG}: model file '{args.model}' does not exist", file=sys.stderr)
+        return 2
+    from ipi_ncforces.models.io import ModelFileError
+    from ipi_ncforces.models.loader import model_heads
+
+    try:
+        heads = model_heads(args.model)
+    except ModelFileError as exc:
+        print(f"{PROG}: {exc}", file=sys.stderr)
+        return 2
+    if set(heads) != {"energy", "direct"}:
+        print(f"{PROG}: model '{args.model}' has heads {list(heads)}; the audit needs an energy and a direct head (an M model)",
+              file=sys.stderr)
+        return 2
+    out = args.out.resolve()
+    (out / "stages").mkdir(parents=True, exist_ok=True)
+    (out / "plots").mkdir(parents=True, exist_ok=True)
+    units = {"jacobian": 0.05, "cost": 0.05, "nve": preset.nve_ps * (2 + len(preset.mts_ms)),
+             "nvt": preset.nvt_ps * len(NVT_CASES), "geop": 2.0}
+    todo = [s for s, _ in STAGES if s in args.stages and not (out / "stages" / f"{s}.json").is_file()]
+    progress = Progress(sum(units[s] for s in todo) or 1.0)
+    ctx = _Context(args.model.resolve(), out, preset, args.seed, args.threads, max(1, args.jobs), progress)
+    t0 = time.monotonic()
+    results = {}
+    for name, func in STAGES:
+        if name not in args.stages:
+            continue
+        path = out / "stages" / f"{name}.json"
+        if path.is_file():
+            results[name] = json.loads(path.read_text())
+            print(f"[audit] {name}: done earlier, kept ({path})")
+            continue
+        try:
+            results[name] = func(ctx)
+        except RuntimeError as exc:
+            print(f"{PROG}: stage {name}: {str(exc).splitlines()[0]}; rerun the command to continue", file=sys.stderr)
+            return 1
+        path.write_text(json.dumps(results[name], indent=2, default=_json_default) + "\n")
+        if name in ("jacobian", "cost"):
+            progress.step(units[name], name)
+    meta = {"model": str(args.model), "preset": preset.name, "structure": str(preset.structure), "seed": args.seed,
+            "wall_s": time.monotonic() - t0}
+    paths = write_report(out, meta, json.loads(json.dumps(results, default=_json_default)))
+    print(f"{PROG}: {recommendation(results)}")
+    print(f"{PROG}: report {paths['md']}, {paths['html']}, {paths['json']}")
+    return 0
+
+
+def _json_default(obj):
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, (np.floating, np.integer)):
+        return obj.item()
+    raise TypeError(f"not JSON serialisable: {type(obj)}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

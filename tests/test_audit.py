@@ -1,0 +1,63 @@
+"""`ipi-nc audit --quick`: every stage runs (real i-PI runs, 16 waters, shipped water-m),
+the report holds the physics it should, and a rerun keeps what is finished."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from ipi_ncforces.benchmarks.audit import main
+from ipi_ncforces.models import SHIPPED_MODELS_DIR
+
+
+@pytest.fixture(scope="module")
+def quick_audit(tmp_path_factory):
+    out = tmp_path_factory.mktemp("audit")
+    assert main([str(SHIPPED_MODELS_DIR / "water-m.pt"), "--quick", "--out", str(out)]) == 0
+    return out
+
+
+@pytest.mark.slow
+def test_quick_audit_report_holds_every_stage(quick_audit):
+    report = json.loads((quick_audit / "audit.json").read_text())
+    results = report["results"]
+    assert set(results) == {"jacobian", "cost", "nve", "nvt", "geop"}
+    # conservative forces have a symmetric Jacobian and do no work around a loop; direct ones do not
+    assert results["jacobian"]["conservative"]["lambda"] < 1e-10
+    assert results["jacobian"]["direct"]["lambda"] > 1e-3
+    assert abs(results["jacobian"]["direct"]["work_mev"]["stretch_loop"]) > 1.0
+    assert results["cost"]["F"] > 1.0  # autograd costs more than the direct head
+    nve = results["nve"]["runs"]
+    assert set(nve) == {"nve-cons", "nve-direct", "nve-mts2", "nve-mts4"}
+    direct, cons = nve["nve-direct"], nve["nve-cons"]
+    assert abs(direct["drift_mev_atom_ps"]) > 5 * direct["drift_err_mev_atom_ps"]  # direct forces heat the box
+    assert abs(direct["drift_mev_atom_ps"]) > 20 * (abs(cons["drift_mev_atom_ps"]) + cons["drift_err_mev_atom_ps"])
+    assert results["nve"]["largest_flat_m"] in (2, 4)
+    temps = results["nvt"]["temperatures"]
+    assert len(temps) == 7 and all({"T", "T_H", "T_O"} <= set(t) for t in temps.values())
+    assert all(t[k]["err_k"] > 0 for t in temps.values() for k in ("T", "T_H", "T_O"))
+    assert {c["optimizer"] for c in results["geop"]["gas"]} == {"LBFGS", "FIRE"}
+    assert report["recommendation"].startswith("MTS M=")
+    md = (quick_audit / "audit.md").read_text()
+    for title in ("Jacobian asymmetry", "Cost of conservation", "NVE", "NVT temperatures", "Geometry optimisation"):
+        assert f"## {title}" in md
+    assert "paper PET" in md and "+0.3 / -4.4 / +9.9" in md  # the paper's SVR NC row beside ours
+    html = (quick_audit / "audit.html").read_text()
+    assert html.count("data:image/png;base64,") >= 2
+
+
+@pytest.mark.slow
+def test_rerun_keeps_finished_stages(quick_audit, capsys):
+    before = (quick_audit / "stages" / "nve.json").read_text()
+    assert main([str(SHIPPED_MODELS_DIR / "water-m.pt"), "--quick", "--out", str(quick_audit)]) == 0
+    printed = capsys.readouterr().out
+    assert printed.count("done earlier, kept") == 5 and "[audit " not in printed.replace("[audit] ", "")
+    assert (quick_audit / "stages" / "nve.json").read_text() == before
+
+
+def test_one_head_model_is_refused_with_one_line(tmp_path, capsys):
+    assert main([str(SHIPPED_MODELS_DIR / "water-c.pt"), "--quick", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "water-c.pt" in err[0] and "direct head" in err[0]
+    assert main([str(tmp_path / "none.pt"), "--quick", "--out", str(tmp_path)]) == 2
