@@ -169,16 +169,33 @@ class DualHeadPotential(PotentialModel):
             per_atom = self.scale_ev * self.energy_mlp(h).squeeze(1) + self.offsets.to(h.dtype)[kinds]
             out["energy"] = per_atom.reshape(n_struct, n_atoms).sum(dim=1)
         if DIRECT_HEAD in heads:
-            pre = self.direct_center(h)[edges.centers] + self.direct_neighbor(h)[edges.neighbors]
-            hidden = nn.functional.silu(pre + self.direct_radial(rbf)) * self.direct_gate(rbf)
-            weight = self.direct_out(hidden).squeeze(1)  # rbf carries the cutoff: w -> 0 smoothly at rc
-            pair_force = (self.scale_ev * weight).unsqueeze(1) * unit  # eV/A, contribution to F_center
-            flat = torch.zeros(n_struct * n_atoms, 3, dtype=h.dtype, device=h.device)
-            out["direct_forces"] = flat.index_add(0, edges.centers, pair_force).reshape(n_struct, n_atoms, 3)
-            per_edge = -0.5 * vectors.unsqueeze(2) * pair_force.unsqueeze(1)
-            virial = torch.zeros(n_struct, 3, 3, dtype=h.dtype, device=h.device).index_add(0, edges.structure, per_edge)
-            out["direct_virial"] = 0.5 * (virial + virial.transpose(1, 2))
+            # In an inference pass that also computes the energy (the MTS pass), nothing
+            # differentiates the direct forces: build no autograd graph for them. Training
+            # (self.training) and direct-only passes (Jacobian tools) keep it.
+            if ENERGY_HEAD in heads and not self.training and torch.is_grad_enabled():
+                with torch.no_grad():
+                    forces, virial = self._direct_head(h, rbf, unit, vectors, edges.centers, edges.neighbors,
+                                                       edges.structure, n_struct, n_atoms)
+            else:
+                forces, virial = self._direct_head(h, rbf, unit, vectors, edges.centers, edges.neighbors,
+                                                   edges.structure, n_struct, n_atoms)
+            out["direct_forces"] = forces
+            out["direct_virial"] = virial
         return out
+
+    def _direct_head(self, h: torch.Tensor, rbf: torch.Tensor, unit: torch.Tensor, vectors: torch.Tensor,
+                     centers: torch.Tensor, neighbors: torch.Tensor, structure: torch.Tensor, n_struct: int,
+                     n_atoms: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Direct forces (n_struct, n_atoms, 3) eV/A and their virial (n_struct, 3, 3) eV."""
+        pre = self.direct_center(h)[centers] + self.direct_neighbor(h)[neighbors]
+        hidden = nn.functional.silu(pre + self.direct_radial(rbf)) * self.direct_gate(rbf)
+        weight = self.direct_out(hidden).squeeze(1)  # rbf carries the cutoff: w -> 0 smoothly at rc
+        pair_force = (self.scale_ev * weight).unsqueeze(1) * unit  # eV/A, contribution to F_center
+        flat = torch.zeros(n_struct * n_atoms, 3, dtype=h.dtype, device=h.device)
+        forces = flat.index_add(0, centers, pair_force).reshape(n_struct, n_atoms, 3)
+        per_edge = -0.5 * vectors.unsqueeze(2) * pair_force.unsqueeze(1)
+        virial = torch.zeros(n_struct, 3, 3, dtype=h.dtype, device=h.device).index_add(0, structure, per_edge)
+        return forces, 0.5 * (virial + virial.transpose(1, 2))
 
 
 def count_parameters(model: nn.Module) -> int:

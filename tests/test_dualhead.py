@@ -53,6 +53,25 @@ def test_direct_only_evaluation_builds_no_graph(jittered_water_box, tiny_model):
     assert all(p.grad is None for p in model.parameters())
 
 
+def test_combined_pass_records_no_graph_for_the_direct_head_outside_training(jittered_water_box, tiny_model):
+    """The MTS pass (energy + direct heads, eval mode) gives the direct-only pass's forces
+    without an autograd graph for them; in training mode the graph is kept (for the loss)."""
+    model = tiny_model("M").double()
+    batch = Batch.from_ase([jittered_water_box(seed=3)])
+    both = evaluate(model, batch, conservative=True, direct=True)
+    alone = evaluate(model, batch, conservative=False, direct=True)
+    torch.testing.assert_close(both.direct_forces, alone.direct_forces, rtol=0, atol=1e-12)
+    torch.testing.assert_close(both.direct_virial, alone.direct_virial, rtol=0, atol=1e-12)
+    positions = batch.positions.clone().requires_grad_(True)
+    moved = Batch(batch.species, positions, batch.cells)
+    model.eval()
+    assert not model(moved, ("energy", "direct"))["direct_forces"].requires_grad
+    assert model(moved, ("direct",))["direct_forces"].requires_grad  # the Jacobian tools differentiate it
+    model.train()
+    assert model(moved, ("energy", "direct"))["direct_forces"].requires_grad
+    model.eval()
+
+
 def test_conservative_forces_match_finite_differences(jittered_water_box, tiny_model):
     # central differences with h = 1e-5 A in float64: truncation ~h^2 * E''' and
     # round-off ~1e-16 * E / h are both far below the 1e-6 eV/A tolerance
