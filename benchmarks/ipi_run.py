@@ -46,6 +46,7 @@ class MDResult:
     returncode: int
     log_tail: str = ""
     driver_logs: list[str] = field(default_factory=list)
+    cpu_s_per_step: float | None = None  # i-PI + drivers, CPU seconds per step after warm-up (see _cpu_between_steps)
 
 
 _runs = itertools.count(1)
@@ -77,8 +78,15 @@ def driver_args(v: make.Variant, forcefield: str, provider: Provider) -> list[st
     return args
 
 
-def run_md(v: make.Variant, provider: Provider, workdir: Path, timeout_s: float = 900.0) -> MDResult:
-    """Run i-PI (+ one driver per socket forcefield) on ``v`` in ``workdir``; per-step times in s."""
+def shared_driver_args(v: make.Variant, provider: Provider) -> list[str]:
+    """ONE driver for both sockets of an MTS variant (shared backbone pass, as ``ipi-nc run``)."""
+    return driver_args(v, "cons", provider) + ["--mts-direct-address", make.unix_address(v, "direct")]
+
+
+def run_md(v: make.Variant, provider: Provider, workdir: Path, timeout_s: float = 900.0,
+           shared_mts: bool = False) -> MDResult:
+    """Run i-PI (+ one driver per socket forcefield) on ``v`` in ``workdir``; per-step times in s.
+    ``shared_mts``: an MTS variant on unix sockets gets ONE driver serving both sockets."""
     workdir = Path(workdir)
     if workdir.exists():
         shutil.rmtree(workdir)
@@ -87,9 +95,12 @@ def run_md(v: make.Variant, provider: Provider, workdir: Path, timeout_s: float 
     ipi = launch.start_ipi(xml, workdir, threads=provider.threads)
     drivers = []
     try:
-        if v.sockets == "unix":
+        if v.sockets == "unix" and shared_mts and v.forces == "mts":
+            drivers.append(launch.start_driver(shared_driver_args(v, provider), workdir, "driver-cons+direct.log", provider.threads))
+        elif v.sockets == "unix":
             for ff in make.forcefield_names(v):
                 drivers.append(launch.start_driver(driver_args(v, ff, provider), workdir, f"driver-{ff}.log", provider.threads))
+        cpu_window = _cpu_between_steps([ipi, *drivers], ipi, v.steps, timeout_s)
         try:
             rc = ipi.wait(timeout_s)
         except TimeoutError:
@@ -106,7 +117,48 @@ def run_md(v: make.Variant, provider: Provider, workdir: Path, timeout_s: float 
     log = ipi.log_text()
     times = [float(t) for _, t in STEP_RE.findall(log)]
     return MDResult(step_times_s=times, wall_s=wall, returncode=rc, log_tail="\n".join(log.splitlines()[-15:]),
-                    driver_logs=[d.log_text()[-2000:] for d in drivers])
+                    driver_logs=[d.log_text()[-4000:] for d in drivers], cpu_s_per_step=cpu_window)
+
+
+def _cpu_s(processes: list[launch.Process]) -> float:
+    """CPU seconds (user + system) used so far by the running ``processes`` (/proc; 0 where unreadable)."""
+    total = 0.0
+    for proc in processes:
+        try:
+            fields = Path(f"/proc/{proc.popen.pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
+        except (OSError, ValueError, IndexError):
+            pass
+    return total
+
+
+def _cpu_between_steps(processes: list[launch.Process], ipi: launch.Process, steps: int, timeout_s: float) -> float | None:
+    """CPU seconds per step that i-PI and its drivers use together from the end of step 1
+    (warm-up) to the end of step ``steps - 2`` (before i-PI's last step, after which the
+    drivers exit), read from i-PI's per-step timing lines while it runs. On a loaded
+    machine wall-clock times include waiting for a core; CPU time does not, so it is the
+    load-robust cost of a step. None if the window was missed (fewer than 4 steps, or
+    i-PI ended first)."""
+    first, last = 1, steps - 2  # "MD step N" is printed when step N (from 0) is done
+    if last <= first:
+        return None
+    deadline = time.monotonic() + timeout_s
+    cpu: dict[int, tuple[float, int]] = {}  # mark -> (CPU s, steps done when sampled)
+    offset, done = 0, -1
+    while ipi.running() and time.monotonic() < deadline and last not in cpu:
+        with open(ipi.log_path, "rb") as fh:
+            fh.seek(offset)
+            chunk = fh.read()
+        complete = chunk[: chunk.rfind(b"\n") + 1]
+        offset += len(complete)
+        done += len(STEP_RE.findall(complete.decode(errors="replace")))
+        for mark in (first, last):
+            if done >= mark and mark not in cpu and (mark == first or first in cpu):
+                cpu[mark] = (_cpu_s(processes), done)  # a late sample counts the steps it saw
+        time.sleep(0.002)
+    if first not in cpu or last not in cpu or cpu[last][1] <= cpu[first][1]:
+        return None
+    return (cpu[last][0] - cpu[first][0]) / (cpu[last][1] - cpu[first][1])
 
 
 def checked(result: MDResult, what: str, steps: int) -> MDResult:

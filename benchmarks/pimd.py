@@ -54,6 +54,7 @@ def run(cfg: BenchConfig) -> dict:
     n_steps = steps(cfg)
     n_rounds = 1 if cfg.quick else 2
     samples: dict[str, list[float]] = {k: [] for k in ("evaluator_batched", "evaluator_per_bead", "socket_batched", "socket_per_bead")}
+    cpu: dict[str, list[float]] = {}  # CPU s per step, i-PI + driver (load-robust, see ipi_run)
     for r in range(n_rounds):
         rep = interleaved(in_process, cfg.device, repeats=2 if cfg.quick else 3, warmup=1)
         for name in in_process:
@@ -62,17 +63,22 @@ def run(cfg: BenchConfig) -> dict:
             v = bench_variant(structure, "direct", n_steps, provider, dt_fs=DT_FS, beads=beads, batch_size=batch_size)
             res = checked(run_md(v, provider, work / f"{name}-{r}"), f"PIMD {name}", n_steps)
             samples[name].append(statistics.median(res.step_times_s[WARMUP_STEPS:]))
+            if res.cpu_s_per_step is not None:
+                cpu.setdefault(name, []).append(res.cpu_s_per_step)
     ms = {name: 1e3 * statistics.median(s) for name, s in samples.items()}
     result = {
         "n_atoms": N_ATOMS, "n_beads": beads, "mode": "direct", "steps_per_run": n_steps, "rounds": n_rounds,
         "ms_per_step": ms, "ms_runs": {name: [1e3 * x for x in s] for name, s in samples.items()},
         "speedup_socket": ms["socket_per_bead"] / ms["socket_batched"],
         "speedup_evaluator": ms["evaluator_per_bead"] / ms["evaluator_batched"],
+        "cpu_ms_per_step": {name: 1e3 * statistics.median(x) for name, x in cpu.items()},
     }
+    if len(result["cpu_ms_per_step"]) == 2:
+        result["speedup_socket_cpu"] = result["cpu_ms_per_step"]["socket_per_bead"] / result["cpu_ms_per_step"]["socket_batched"]
     print(
         f"[pimd] {beads} beads x {N_ATOMS} atoms: i-PI step batched {ms['socket_batched']:.1f} ms vs per-bead "
         f"{ms['socket_per_bead']:.1f} ms -> {result['speedup_socket']:.2f}x; evaluator alone "
-        f"{result['speedup_evaluator']:.2f}x",
+        f"{result['speedup_evaluator']:.2f}x; CPU time per step: {result.get('speedup_socket_cpu', float('nan')):.2f}x",
         flush=True,
     )
     return result

@@ -270,6 +270,8 @@ def main(argv: list[str] | None = None) -> int:
             sock.close()
         if evaluator is not None:
             print(f"ipi-nc driver: {evaluator.timings.summary()}", file=sys.stderr)
+        if client is not None:
+            print(f"ipi-nc driver: {client.timing_summary()}", file=sys.stderr)
         for signum, old_handler in previous.items():
             signal.signal(signum, old_handler)
 

@@ -180,6 +180,13 @@ class IPIClient:
         self._pending = bytearray()  # bytes already taken off the socket, not yet parsed
         self._stop_requested = False
         self._idle = False
+        # seconds per answered request: waiting for i-PI (from our reply to its next
+        # POSDATA: i-PI's own step, the other forcefield, the socket) and our own socket I/O
+        # (reading the positions, packing and sending the forces)
+        self.wait_s: list[float] = []
+        self.io_s: list[float] = []
+        self._replied_at: float | None = None
+        self.padding_skipped = 0  # structures of batches that repeat the one before (i-PI's padding): not evaluated
 
     def request_stop(self) -> bool:
         """Ask the loop to stop at its next idle point (no request in flight, nothing
@@ -267,9 +274,16 @@ class IPIClient:
             elif header == INIT:
                 self._receive_init()
             elif header == POSDATA:
-                self._receive_positions()
+                t0 = time.perf_counter()
+                if self._replied_at is not None:
+                    self.wait_s.append(t0 - self._replied_at)
+                self._receive_positions(t0)
             elif header == GETFORCE:
+                t0 = time.perf_counter()
                 self._send_forces()
+                self._replied_at = time.perf_counter()
+                if self.io_s:
+                    self.io_s[-1] += self._replied_at - t0
             elif header == EXIT:
                 return
             else:
@@ -284,14 +298,35 @@ class IPIClient:
         if self.log is not None and self.batch_size > 1 and self.batch_size != previous:
             print(f"ipi-nc driver: i-PI sends batches of {self.batch_size} structures", file=self.log)
 
-    def _receive_positions(self) -> None:
+    def timing_summary(self) -> str:
+        """One line: requests, median wait for i-PI and median socket I/O per request (ms)."""
+        if not self.io_s:
+            return "socket: no requests answered"
+        wait = f"{1e3 * float(np.median(self.wait_s)):.3f}" if self.wait_s else "-"
+        padding = f"; {self.padding_skipped} repeated (padding) structures not evaluated" if self.batch_size > 1 else ""
+        return (
+            f"socket: {len(self.io_s)} requests; per request: median wait for i-PI {wait} ms "
+            f"(reply sent -> next positions), median socket I/O {1e3 * float(np.median(self.io_s)):.3f} ms{padding}"
+        )
+
+    def _receive_positions(self, t0: float | None = None) -> None:
         if self.batch_size > 1:
             natoms = int(self._recv_array("i4", 1)[0])
             n = self.batch_size
             cells = self._recv_array("f8", 18 * n).reshape(n, 18)
             positions = self._recv_array("f8", 3 * natoms * n).reshape(n, natoms, 3)
-            cell_list = [cells[b, :9].reshape(3, 3) for b in range(n)]
-            pos_list = [positions[b] for b in range(n)]
+            # i-PI 3.3.1 dispatches whatever beads are queued when its poll thread wakes
+            # (every <latency> s), so one PIMD step often arrives as several batches, each
+            # padded to batch_size by repeating its last structure: evaluate each distinct
+            # trailing structure once (measured: 32 beads split into 2-4 batches per step)
+            n_real = n
+            while n_real > 1 and np.array_equal(positions[n_real - 1], positions[n_real - 2]) and np.array_equal(
+                cells[n_real - 1], cells[n_real - 2]
+            ):
+                n_real -= 1
+            self.padding_skipped += n - n_real
+            cell_list = [cells[b, :9].reshape(3, 3) for b in range(n_real)]
+            pos_list = [positions[b] for b in range(n_real)]
         else:
             cell = self._recv_array("f8", 9).reshape(3, 3)
             self._recv_array("f8", 9)  # inverse cell: not needed
@@ -300,9 +335,13 @@ class IPIClient:
             pos_list = [self._recv_array("f8", 3 * natoms).reshape(natoms, 3)]
         self._drain_available()
         self.requests += 1
+        if t0 is not None:
+            self.io_s.append(time.perf_counter() - t0)
         results = self.evaluator(cell_list, pos_list)
         if len(results) != len(pos_list):
             raise ProtocolError(f"evaluator returned {len(results)} results for {len(pos_list)} structures")
+        if self.batch_size > 1:
+            results = list(results) + [results[-1]] * (self.batch_size - len(results))  # the padding's replies
         self.structures += len(results)
         self._natoms = natoms
         self._results = results

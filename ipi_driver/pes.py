@@ -20,6 +20,13 @@ float32 on CUDA), ``remove_net_force`` (bool), ``neighbor_skin`` (Verlet skin in
 neighbour lists kept between calls; default 0.5 on CPU, 0 = off, the default on CUDA); for metatomic
 model files also ``variant``, ``extensions`` (directory) and ``check_consistency`` (bool). i-PI batches (``batch_size``) arrive as
 lists and are evaluated in ONE model call.
+
+MTS in-process: when one i-PI holds a ``conservative`` and a ``direct`` ``<ffdirect>`` on
+the same model file (same template, device, dtype and options) and the model has both
+heads, the two share ONE loaded model and, at the outer steps where i-PI asks both for
+the same positions, ONE backbone pass (:class:`ipi_ncforces.ipi_driver.shared_pass.SharedPass`,
+as ``ipi-nc driver --mts-direct-address`` does over sockets). Replies are those of the
+separate evaluators (float round-off aside). ``shared_pass: false`` turns it off.
 """
 
 from __future__ import annotations
@@ -56,6 +63,7 @@ class NCForcesDriver(Dummy_driver):
         variant=None,
         extensions=None,
         check_consistency=False,
+        shared_pass=True,
         *args,
         **kwargs,
     ):
@@ -69,12 +77,30 @@ class NCForcesDriver(Dummy_driver):
         self.variant = variant or None
         self.extensions = extensions or None
         self.check_consistency = _as_bool(check_consistency)
+        self.shared_pass = _as_bool(shared_pass)
+        self.paired_with: NCForcesDriver | None = None
         super().__init__(*args, **kwargs)
+
+    def _load_key(self) -> tuple:
+        from pathlib import Path
+
+        resolved = lambda p: str(Path(p).resolve()) if p else p  # noqa: E731
+        return (resolved(self.model_path), resolved(self.template), self.device, self.dtype, self.remove_net_force,
+                self.neighbor_skin, self.variant, resolved(self.extensions), self.check_consistency)
 
     def check_parameters(self) -> None:
         # imported here so that i-PI can scan this file without importing torch
         from ipi_ncforces.ipi_driver.setup import build_evaluator
+        from ipi_ncforces.ipi_driver.shared_pass import IN_PROCESS_PES
+        from ipi_ncforces.models.modes import CONSERVATIVE, DIRECT
 
+        key = self._load_key()
+        partner = IN_PROCESS_PES.get(key)
+        if (
+            self.shared_pass and partner is not None and partner.shared_pass and partner.paired_with is None
+            and {self.mode, partner.mode} == {CONSERVATIVE, DIRECT} and self._pair_with(partner)
+        ):
+            return
         self.evaluator = build_evaluator(
             model_path=self.model_path,
             structure_path=self.template,
@@ -87,11 +113,37 @@ class NCForcesDriver(Dummy_driver):
             extensions_directory=self.extensions,
             check_consistency=self.check_consistency,
         )
+        self._serve = self.evaluator
+        if IN_PROCESS_PES.get(key) is None:
+            IN_PROCESS_PES[key] = self
+
+    def _pair_with(self, partner: "NCForcesDriver") -> bool:
+        """Serve this mode from ``partner``'s model, both through one SharedPass; False
+        (nothing changed) if the model lacks a head for it."""
+        from ipi_ncforces.ipi_driver.evaluator import ForceEvaluator
+        from ipi_ncforces.ipi_driver.setup import default_skin_ang
+        from ipi_ncforces.ipi_driver.shared_pass import SharedPass
+        from ipi_ncforces.models.modes import CONSERVATIVE, DIRECT
+
+        first = partner.evaluator
+        skin = default_skin_ang(self.device) if self.neighbor_skin is None else self.neighbor_skin
+        try:
+            self.evaluator = ForceEvaluator(first.backend, first.species.cpu().numpy(), self.mode,
+                                            remove_net_force=self.remove_net_force, neighbor_skin_ang=skin)
+        except ValueError:
+            return False
+        cons, direct = (self, partner) if self.mode == CONSERVATIVE else (partner, self)
+        assert direct.mode == DIRECT
+        shared = SharedPass(cons.evaluator, direct.evaluator)
+        cons._serve, direct._serve = shared.conservative, shared.direct
+        self.paired_with, partner.paired_with = partner, self
+        self.shared = partner.shared = shared
+        return True
 
     def compute_structure(self, cell, pos):
-        return self.evaluator([cell], [pos])[0]
+        return self._serve([cell], [pos])[0]
 
     def compute(self, cell, pos):
         if isinstance(cell, list):
-            return self.evaluator(cell, pos)
+            return self._serve(cell, pos)
         return self.compute_structure(cell, pos)

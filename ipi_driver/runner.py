@@ -13,9 +13,10 @@ What it does, in order:
 3. starts ``i-pi`` in WORKDIR, waits for its unix sockets, starts ``--drivers N``
    ``ipi-nc driver`` processes per socket with the mode mapped from the forcefield name
    (cons/conservative -> conservative, direct -> direct, corr/correction -> correction,
-   ``--mode-for NAME=MODE`` overrides); with ``--shared-mts-driver`` an MTS input (one
-   conservative + one direct socket) and a two-headed model get ONE driver per --drivers
-   serving both sockets with a shared backbone pass (``ipi-nc driver --mts-direct-address``);
+   ``--mode-for NAME=MODE`` overrides); an MTS input (one conservative + one direct
+   socket) with a two-headed model gets ONE driver per --drivers serving both sockets with
+   a shared backbone pass (``ipi-nc driver --mts-direct-address``; the faster path, see
+   README "Benchmarks"), unless ``--separate-mts-drivers``;
 4. prints step, simulated ps, steps/s and ETA from i-PI's properties file as it grows;
 5. on completion waits for everything to exit; on Ctrl-C / SIGTERM stops the rest (i-PI
    gets SIGTERM, i.e. its soft exit that writes RESTART) and returns 128 + signal;
@@ -490,7 +491,7 @@ def _launch(args, xml: Path, info: InputInfo, start_step: int, model: Path, mode
         sockets = [(s.mode, s.address, s.port) for s in info.sockets]
         launch.wait_for_sockets(ipi, sockets, args.startup_timeout, info.sockets_prefix, lambda: bool(stop_signal))
         pair = None
-        if args.driver == "ipi-nc" and args.shared_mts_driver:
+        if args.driver == "ipi-nc" and not args.separate_mts_drivers:
             pair = shared_mts_pair(info.sockets, modes, model)
         if pair is not None:  # MTS: one process per driver serves both sockets, one backbone pass
             commands = {
@@ -629,12 +630,13 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--mode-for", action="append", default=[], metavar="NAME=MODE", help="driver mode of a forcefield")
     p.add_argument("--driver", choices=("ipi-nc", "stock"), default="ipi-nc", help="ipi-nc driver (default) or i-PI's i-pi-py_driver with our PES")
     p.add_argument(
-        "--shared-mts-driver",
+        "--separate-mts-drivers",
         action="store_true",
-        help="MTS inputs (one conservative + one direct socket) with a two-headed model: one driver process "
-        "serves both sockets and shares the backbone pass at outer steps (measured ~5%% faster at 192 atoms "
-        "on CPU) instead of one process per socket",
+        help="MTS inputs (one conservative + one direct socket): one driver process per socket, each running "
+        "the backbone, instead of the default for two-headed models: ONE process serving both sockets with "
+        "one backbone pass at the outer steps (faster; see README Benchmarks)",
     )
+    p.add_argument("--shared-mts-driver", action="store_true", help=argparse.SUPPRESS)  # the default now; kept for old scripts
     p.add_argument("--max-restarts", type=int, default=3, metavar="N",
                    help="recoveries allowed: a dead driver is replaced, a dead or hung i-PI restarted from its newest "
                    "checkpoint (default 3; 0 = stop at the first failure)")

@@ -24,6 +24,7 @@ import signal
 import sys
 import threading
 import time
+import weakref
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import TextIO
@@ -36,6 +37,12 @@ from ipi_ncforces.ipi_driver.setup import SetupError, build_evaluator, default_s
 from ipi_ncforces.models.modes import CONSERVATIVE, DIRECT
 
 MAX_CACHED = 256  # direct replies kept for the direct socket (>= beads per step; oldest dropped)
+
+# In-process PES instances (ipi_driver/pes.py under <ffdirect>) by what they load. i-PI
+# executes the PES file afresh for every <ffdirect>, so the registry lives here, in an
+# imported module: the second forcefield of an MTS pair finds the first and shares its
+# model and backbone pass (NCForcesDriver._pair_with).
+IN_PROCESS_PES: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
 
 
 def request_key(cells_bohr: list[np.ndarray], positions_bohr: list[np.ndarray]) -> bytes:
@@ -328,6 +335,9 @@ def serve_shared(
             _close_when_idle(sides)
         for t in threads:
             t.join(timeout=5.0)
+        for side in sides:
+            if side.client is not None:
+                print(f"ipi-nc driver: {side.label} {side.client.timing_summary()}", file=log)
     finally:
         for signum, old in previous.items():
             signal.signal(signum, old)

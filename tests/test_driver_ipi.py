@@ -7,6 +7,7 @@ i-PI recorded, so nothing is lost or mis-converted on the wire.
 
 from __future__ import annotations
 
+import re
 import signal
 import time
 
@@ -41,8 +42,13 @@ def test_batched_pimd_request_is_one_model_call(session):
     assert driver.wait(30) == 0
     log = driver.log_text()
     assert "i-PI sends batches of 4 structures" in log
-    # one request (one evaluator call) per MD step, four beads in each
-    assert "5 requests, 20 structures" in log
+    # one request (one evaluator call) per MD step, four beads in each; a bead that repeats
+    # the one before it at the end of a batch (i-PI's padding, or the four identical beads
+    # of the initial step) is evaluated once and its reply copied
+    evaluated = re.search(r"5 requests, (\d+) structures", log)
+    skipped = re.search(r"(\d+) repeated \(padding\) structures not evaluated", log)
+    assert evaluated and skipped, log
+    assert int(evaluated.group(1)) + int(skipped.group(1)) == 20 and int(skipped.group(1)) >= 3, log
     session.check_recorded_against_model("conservative", nbeads=4)
 
 
@@ -208,3 +214,46 @@ def test_sigterm_exits_143_cleanly_and_a_new_driver_continues(session):
     props, _ = session.properties()
     np.testing.assert_array_equal(props["step"], np.arange(31))
     session.check_recorded_against_model("direct")
+
+
+def test_padded_batch_is_evaluated_once_per_distinct_structure():
+    """i-PI 3.3.1 pads a short batch by repeating its last structure: those repeats are not
+    evaluated again, yet every slot of the batch gets its reply (the repeated one's)."""
+    import socket as socketlib
+    import threading
+
+    from ipi_ncforces.ipi_driver.client import IPIClient
+
+    seen = []
+
+    def evaluator(cells, positions):
+        seen.append(len(positions))
+        return [(float(p.sum()), -p, np.eye(3), "{}") for p in positions]
+
+    ours, ipi_side = socketlib.socketpair()
+    client = IPIClient(ours, evaluator)
+    thread = threading.Thread(target=client.serve, daemon=True)
+    thread.start()
+    natoms, batch = 3, 4
+    hdr = lambda text: text.ljust(12).encode()  # noqa: E731
+    init = b"batch_size:4"
+    ipi_side.sendall(hdr("INIT") + np.int32(0).tobytes() + np.int32(len(init)).tobytes() + init)
+    rng = np.random.default_rng(0)
+    real = [rng.standard_normal((natoms, 3)) for _ in range(2)]
+    padded = real + [real[-1]] * (batch - len(real))
+    cells = np.concatenate([np.concatenate([np.eye(3).ravel() * 10, np.eye(3).ravel() / 10]) for _ in padded])
+    ipi_side.sendall(hdr("POSDATA") + np.int32(natoms).tobytes() + cells.tobytes()
+                     + np.concatenate([p.ravel() for p in padded]).tobytes() + hdr("GETFORCE"))
+    reply = b""
+    size = 12 + 8 * batch + 4 + 8 * 3 * natoms * batch + 72 * batch + batch * (4 + 2)
+    while len(reply) < size:
+        reply += ipi_side.recv(size - len(reply))
+    ipi_side.sendall(hdr("EXIT"))
+    thread.join(5)
+    assert reply[:12] == hdr("FORCEREADY")
+    assert seen == [2]  # one call, the two distinct structures only
+    energies = np.frombuffer(reply[12 : 12 + 8 * batch])
+    np.testing.assert_allclose(energies, [p.sum() for p in padded])
+    forces = np.frombuffer(reply[12 + 8 * batch + 4 : 12 + 8 * batch + 4 + 8 * 3 * natoms * batch]).reshape(batch, natoms, 3)
+    np.testing.assert_allclose(forces, -np.array(padded))
+    assert client.padding_skipped == 2

@@ -136,14 +136,129 @@ def test_option_needs_a_model_with_both_heads(tmp_path, files):
     assert len(errors) == 1 and "both heads" in errors[0] and "direct" in errors[0], res.stderr
 
 
-def test_runner_serves_an_mts_input_with_one_shared_driver(files, tmp_path, capsys):
+def test_runner_serves_an_mts_input_with_one_shared_driver_by_default(files, tmp_path, capsys):
     from ipi_ncforces.ipi_driver import runner
 
     box, model = files
     xml, _, _ = write_mts_input(tmp_path / "mts.xml", box, "r")
     work = tmp_path / "run"
-    code = runner.main([str(xml), "--model", str(model), "--workdir", str(work), "--quiet", "--shared-mts-driver"])
+    code = runner.main([str(xml), "--model", str(model), "--workdir", str(work), "--quiet"])
     assert code == 0, capsys.readouterr().err
     logs = sorted(p.name for p in work.glob("driver-*.log"))
     assert logs == ["driver-cons+direct-0.log"]
-    assert re.search(r"direct socket: \d+ requests, [1-9]\d* served from the shared pass", (work / logs[0]).read_text())
+    text = (work / logs[0]).read_text()
+    assert re.search(r"direct socket: \d+ requests, [1-9]\d* served from the shared pass", text)
+    # the exit summary splits each socket's time: waiting for i-PI vs our own socket I/O
+    assert re.search(r"direct socket: \d+ requests; per request: median wait for i-PI [0-9.]+ ms", text), text
+
+    xml2, _, _ = write_mts_input(tmp_path / "mts2.xml", box, "r2")
+    work2 = tmp_path / "run2"
+    code = runner.main([str(xml2), "--model", str(model), "--workdir", str(work2), "--quiet", "--separate-mts-drivers"])
+    assert code == 0, capsys.readouterr().err
+    assert sorted(p.name for p in work2.glob("driver-*.log")) == ["driver-cons-0.log", "driver-direct-0.log"]
+
+
+# ----------------------------------------------------------------------------- in-process (<ffdirect>)
+
+
+def _load_pes_class():
+    """The PES class as i-PI loads it for every <ffdirect>: the file executed afresh."""
+    from ipi.pes import load_pes
+
+    from ipi_ncforces.ipi_driver.runner import PES_PATH
+
+    return load_pes("custom", str(PES_PATH))
+
+
+def test_in_process_cons_and_direct_pes_share_one_model_and_pass(files):
+    from ipi_ncforces.ipi_driver.evaluator import ForceEvaluator
+    from ipi_ncforces.models.io import load_model
+
+    box, model = files
+    # i-PI builds each <ffdirect> from a fresh execution of the PES file
+    cons = _load_pes_class()(model=str(model), template=str(box), mode="conservative")
+    direct = _load_pes_class()(model=str(model), template=str(box), mode="direct")
+    assert cons.paired_with is direct and direct.paired_with is cons
+    assert cons.evaluator.backend is direct.evaluator.backend  # one model in memory
+
+    from ipi_ncforces.models.structure_io import read_structure
+    from ipi_ncforces.models.units import ANGSTROM_PER_BOHR
+
+    atoms = read_structure(box)
+    cell = np.asarray(atoms.cell).T / ANGSTROM_PER_BOHR  # i-PI: lattice vectors as columns, Bohr
+    rng = np.random.default_rng(3)
+    positions = [atoms.positions / ANGSTROM_PER_BOHR + 0.01 * rng.standard_normal(atoms.positions.shape) for _ in range(9)]
+    # MTS order with M = 4: the direct force at every inner position; the conservative one
+    # at the outer positions (0, 4, 8), asked for AFTER the direct one except at the start
+    replies = {"direct": [], "cons": []}
+    replies["cons"].append(cons(cell, positions[0]))
+    for k, pos in enumerate(positions):
+        replies["direct"].append(direct(cell, pos))
+        if k and k % 4 == 0:
+            replies["cons"].append(cons(cell, pos))
+    # the third outer step is predicted (period learnt) and served by ONE both-heads pass
+    assert direct.shared.direct_from_shared >= 2 and cons.shared.conservative_from_shared >= 1
+
+    reference = load_model(model)
+    separate = {m: ForceEvaluator(reference, atoms.numbers, m) for m in ("conservative", "direct")}
+    for k, pos in enumerate(positions):
+        want = separate["direct"]([cell], [pos])[0]
+        np.testing.assert_allclose(replies["direct"][k][1], want[1], rtol=1e-12, atol=1e-14)
+        assert replies["direct"][k][0] == pytest.approx(want[0], rel=1e-12)
+    for got, pos in zip(replies["cons"], (positions[0], positions[4], positions[8])):
+        want = separate["conservative"]([cell], [pos])[0]
+        np.testing.assert_allclose(got[1], want[1], rtol=1e-12, atol=1e-14)
+        np.testing.assert_allclose(got[2], want[2], rtol=1e-12, atol=1e-14)
+
+
+def test_in_process_pes_with_other_options_or_shared_pass_off_stay_separate(files):
+    box, model = files
+    cons = _load_pes_class()(model=str(model), template=str(box), mode="conservative", shared_pass="false")
+    direct = _load_pes_class()(model=str(model), template=str(box), mode="direct", shared_pass="false")
+    assert cons.paired_with is None and direct.paired_with is None
+    cons2 = _load_pes_class()(model=str(model), template=str(box), mode="conservative", neighbor_skin=0.3)
+    direct2 = _load_pes_class()(model=str(model), template=str(box), mode="direct", neighbor_skin=0.0)
+    assert cons2.paired_with is None and direct2.paired_with is None
+
+
+def test_in_process_mts_run_with_shared_pass_matches_separate_evaluators(files, tmp_path):
+    """The law of the socket test above, for <ffdirect>: an i-PI MTS run whose two
+    in-process forcefields share the model's pass records the forces and energies of the
+    same run with the sharing turned off (``shared_pass: false``)."""
+    from ipi.scripting import read_output
+
+    from ipi_ncforces.ipi_driver.runner import PES_PATH
+
+    box, model = files
+    out = {}
+    for label, text_change in (("shared", None), ("separate", ", shared_pass: false}")):
+        work = tmp_path / label
+        work.mkdir()
+        v = make.Variant(
+            name="sim", forces="mts", mts_m=4, dt_fs=0.25, steps=OUTER_STEPS, seed=4242, structure=str(box),
+            sockets="ffdirect", model=str(model), pes_path=str(PES_PATH), safe_stride=100000,
+            outputs=(
+                make.Output("properties", "out", "[ step, conserved, potential, pot_component_raw(0), pot_component_raw(1) ]"),
+                make.Output("trajectory", "fcons", "forces_component_raw(0)"),
+                make.Output("trajectory", "fdirect", "forces_component_raw(1)"),
+            ),
+        )
+        xml = make.write(v, work / "input.xml")
+        if text_change:
+            xml.write_text(xml.read_text().replace("} </parameters>", text_change + " </parameters>"))
+            assert xml.read_text().count("shared_pass: false") == 2
+        ipi = launch.start_ipi(xml, work)
+        try:
+            assert ipi.wait(120) == 0, ipi.log_text()[-2000:]
+        finally:
+            launch.kill_processes([ipi])
+        props, _ = read_output(str(work / "sim.out"))
+        out[label] = (props, read_xyz_arrays(work / "sim.fcons.xyz"), read_xyz_arrays(work / "sim.fdirect.xyz"))
+    (props_s, fcons_s, fdirect_s), (props_2, fcons_2, fdirect_2) = out["shared"], out["separate"]
+    assert len(props_s["step"]) == OUTER_STEPS + 1
+    # same bound and reasoning as the socket test: float64 round-off amplified over 32 inner steps
+    for key in ("conserved", "potential", "pot_component_raw(0)", "pot_component_raw(1)"):
+        np.testing.assert_allclose(props_s[key], props_2[key], rtol=1e-10, atol=0, err_msg=key)
+    scale = np.abs(fcons_2).max()
+    np.testing.assert_allclose(fcons_s, fcons_2, rtol=1e-10, atol=1e-10 * scale)
+    np.testing.assert_allclose(fdirect_s, fdirect_2, rtol=1e-10, atol=1e-10 * scale)

@@ -144,6 +144,31 @@ def test_killed_driver_is_replaced_and_every_step_is_written_once(box_file, toy_
 
 
 @pytest.mark.slow
+def test_killed_shared_mts_driver_is_replaced_and_the_run_goes_on(box_file, toy_model_file, tmp_path):
+    """The default MTS layout: ONE driver serves both sockets. SIGKILL resets both of its
+    connections; the runner starts a new one and i-PI (threaded dispatch, requeue) goes on."""
+    steps = 20
+    xml = _input(tmp_path, box_file, "m", rel="nve/nve-mts.xml", steps=steps, properties_fs=4.0,
+                 positions_fs=4.0, checkpoint_fs=40.0)
+    work = tmp_path / "run"
+    run = Run(_run_cmd(xml, toy_model_file, work))
+    out = work / f"{xml.stem}.out"
+    run.kill_child_after(out, 6, b"--mts-direct-address")
+    code, err = run.finish()
+    assert code == 0, err
+    lines = _recovery_lines(err)
+    assert len(lines) == 1 and "cons+direct" in lines[0] and "starting a new driver" in lines[0], err
+    _check_every_step_once(work, steps)
+    ref = tmp_path / "ref"
+    assert subprocess.run(_run_cmd(xml, toy_model_file, ref)).returncode == 0
+    # the new driver relearns the outer period, so some forces come from a direct-only pass
+    # instead of the two-head one: equal to float64 round-off, which NVE amplifies over
+    # 160 inner steps far less than to 1e-8 relative
+    a, b = np.loadtxt(ref / f"{xml.stem}.out", ndmin=2), np.loadtxt(out, ndmin=2)
+    np.testing.assert_allclose(b, a, rtol=1e-8, atol=1e-10)
+
+
+@pytest.mark.slow
 def test_driver_killed_while_ipi_hangs_restarts_ipi_from_checkpoint(box_file, toy_model_file, tmp_path):
     # i-PI 3.3.1 with consolidate_messages true sometimes hangs when its driver is SIGKILLed
     # (its poller dies on the reset connection), sometimes goes on: which one depends on the
