@@ -71,7 +71,7 @@ def _check_options(node, path: str) -> None:
 
 def _check_semantics(text: str, source: str, base_dir: str | Path | None) -> None:
     root = etree.fromstring(text.encode())
-    ff_names = [el.get("name") for el in root if el.tag.startswith("ff")]
+    ff_names = [el.get("name") for el in root if isinstance(el.tag, str) and el.tag.startswith("ff")]  # skip comments
     used = set()
     for system in root.iter("system"):
         nmts = system.find(".//dynamics/nmts")

@@ -73,3 +73,9 @@ def test_make_writes_a_parameterised_variant(tmp_path):
     assert float(root.findtext(".//timestep")) == pytest.approx(1.0)  # 4 x 0.25 fs
     assert [p.text.strip() for p in root.iter("port")] == ["40000", "40001"]
     assert root.findtext("prng/seed").strip() == "7"
+
+
+def test_input_with_a_comment_is_written_and_validated(tmp_path):
+    v = make.with_changes(make.shipped_variants()["nve/nve-direct.xml"], comment="replica 3 of 8")
+    text = make.write(v, tmp_path / "c.xml").read_text()
+    assert "<!-- replica 3 of 8 -->" in text and "<ffsocket" in text
