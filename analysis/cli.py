@@ -57,6 +57,12 @@ def _parser() -> argparse.ArgumentParser:
         parsers[name].add_argument("--target", type=float, default=None, metavar="K",
                                    help="target temperature (K): report deviations like paper Table 2")
     parsers["drift"].add_argument("--windows", type=int, default=8, help="running-window count (default 8)")
+    parsers["temperatures"].add_argument(
+        "--replicas", action="store_true",
+        help="the RUNs are independent replicas of ONE set-up (different seeds): also report the replica mean "
+             "with σ from the spread between replicas, next to the block σ of one run")
+    parsers["temperatures"].add_argument("--target-err", type=float, default=1.5, metavar="K",
+                                         help="with --replicas: σ wanted (K) for the run-length estimate (default 1.5)")
     parsers["temperatures"].add_argument("--source", choices=("auto", "properties", "velocities"), default="auto",
                                          help="where temperatures come from (default auto: properties, "
                                               "velocity trajectories for what they lack)")
@@ -123,6 +129,9 @@ def run(args: argparse.Namespace) -> dict:
     runs = [find_run(r) for r in args.runs]
     if what == "drift":
         return module.analyze(runs, out, args.natoms, args.skip_ps, args.windows)
+    if what == "temperatures" and args.replicas:
+        return module.analyze_replicas(runs, out, args.target, args.skip_ps, args.source, args.timestep_fs,
+                                       args.target_err)
     if what == "temperatures":
         return module.analyze(runs, out, args.target, args.skip_ps, args.source, args.timestep_fs)
     if what == "spectrum":

@@ -127,3 +127,78 @@ def running_slopes(t: np.ndarray, y: np.ndarray, n_windows: int = 8) -> tuple[np
         slopes.append(fit.slope)
         errs.append(fit.stderr)
     return np.array(centres), np.array(slopes), np.array(errs)
+
+
+@dataclass
+class ReplicaAverage:
+    """Mean over independent replicas of one set-up, with the error taken from their spread.
+
+    Block averaging of one run sees only correlations shorter than the run; a component that
+    wanders on the scale of the run length (or longer) shifts the whole run mean and shows
+    only as scatter between replicas. Here each replica contributes its mean m_i (equal
+    weights; replicas of one set-up have equal lengths):
+
+    - mean = (1/n) sum m_i; spread = std(m_i, ddof=1), the error of ONE run's mean;
+    - stderr_replicas = spread / sqrt(n), the error of the replica mean;
+    - block_stderr_one_run = rms of the runs' block-averaging errors (what one run reports);
+    - stderr_blocks = sqrt(sum_i block_err_i^2) / n, what block averaging says about the mean;
+    - stderr = max(stderr_replicas, stderr_blocks): the error reported. Block averaging is a
+      floor (it cannot see slow components); the replica spread is unbiased but noisy for
+      few replicas (relative error about 1/sqrt(2 (n-1)), ``stderr_rel_uncertainty``);
+    - ratio = spread / block_stderr_one_run: about 1 when blocks see everything, > 1.5 when
+      they miss slow components;
+    - n_eff_* : independent samples per run, variance of the instantaneous samples divided
+      by the variance of a run mean: from the replica spread (``n_eff_replicas``), from the
+      blocks (``n_eff_blocks``) and n / g with the autocorrelation-based statistical
+      inefficiency g (``n_eff_acf``, mean over runs).
+    """
+
+    mean: float
+    stderr: float
+    stderr_replicas: float
+    stderr_blocks: float
+    spread: float
+    block_stderr_one_run: float
+    ratio: float
+    n_replicas: int
+    samples_per_run: float
+    sample_std: float
+    n_eff_replicas: float
+    n_eff_blocks: float
+    n_eff_acf: float
+    stderr_rel_uncertainty: float
+
+    def runs_for(self, target_stderr: float) -> float:
+        """Replicas of this length needed for stderr <= target_stderr (same units as mean)."""
+        sigma_one = max(self.spread, self.block_stderr_one_run)
+        return (sigma_one / target_stderr) ** 2
+
+
+def replica_average(series: list[np.ndarray]) -> ReplicaAverage:
+    """Replica mean and errors of several independent series of one observable (see ReplicaAverage)."""
+    runs = [np.asarray(s, dtype=float).ravel() for s in series]
+    n = len(runs)
+    if n < 2:
+        raise ValueError("a replica average needs at least 2 replicas")
+    if any(len(r) < 4 for r in runs):
+        raise ValueError("every replica needs at least 4 samples")
+    means = np.array([r.mean() for r in runs])
+    blocks = np.array([block_average(r).stderr for r in runs])
+    spread = float(means.std(ddof=1))
+    se_rep = spread / np.sqrt(n)
+    se_blk = float(np.sqrt(np.sum(blocks ** 2)) / n)
+    one_run = float(np.sqrt(np.mean(blocks ** 2)))
+    var_inst = float(np.mean([r.var(ddof=1) for r in runs]))
+    length = float(np.mean([len(r) for r in runs]))
+
+    def n_eff(var_of_mean: float) -> float:
+        return float(min(length, var_inst / var_of_mean)) if var_of_mean > 0 else length
+
+    return ReplicaAverage(
+        mean=float(means.mean()), stderr=float(max(se_rep, se_blk)), stderr_replicas=float(se_rep),
+        stderr_blocks=se_blk, spread=spread, block_stderr_one_run=one_run,
+        ratio=spread / one_run if one_run > 0 else float("inf"), n_replicas=n, samples_per_run=length,
+        sample_std=float(np.sqrt(var_inst)), n_eff_replicas=n_eff(spread ** 2), n_eff_blocks=n_eff(one_run ** 2),
+        n_eff_acf=float(np.mean([len(r) / statistical_inefficiency(r) for r in runs])),
+        stderr_rel_uncertainty=float(1.0 / np.sqrt(2.0 * (n - 1))),
+    )

@@ -27,7 +27,7 @@ from ipi_ncforces.analysis import plotting
 from ipi_ncforces.analysis.readers import (AnalysisInputError, RunFiles, Trajectory, read_properties,
                                            species_masks, timestep_ps, warn)
 from ipi_ncforces.analysis.report import fmt, markdown_table, write_report
-from ipi_ncforces.analysis.stats import block_average
+from ipi_ncforces.analysis.stats import block_average, replica_average
 
 # T (K) = m v^2 * this / n_dof for m in amu and v in A/ps (i-PI internal units have k_B = Constants.kb)
 KELVIN_PER_AMU_A2_PS2: float = float(unit_to_user(
@@ -105,10 +105,13 @@ def temperatures_of(run: RunFiles, skip_ps: float = 0.0, source: str = "auto",
     series: dict[str, np.ndarray] = {}
     sources: dict[str, str] = {}
     info = {}
+    interval_ps = None  # time between samples (ps), when the outputs say
     if source in ("auto", "properties") and run.properties is not None:
         props = read_properties(run.properties)
         messages += props.warnings
         t = props["time"] if "time" in props else None
+        if t is not None and len(t) > 1:
+            interval_ps = float(np.median(np.diff(t)))
         found = temperatures_from_properties(props)
         if found and skip_ps > 0:
             if t is None:
@@ -126,11 +129,13 @@ def temperatures_of(run: RunFiles, skip_ps: float = 0.0, source: str = "auto",
                                               "--source velocities")
         messages += bead_warnings
         found, info = temperatures_from_velocities(beads, messages)
+        steps = beads[0].steps[: len(found["T"])]
         if skip_ps > 0:
             dt = timestep_ps(run, timestep_fs)
-            steps = beads[0].steps[: len(found["T"])]
             keep = (steps - steps[0]) * dt >= skip_ps
             found = {k: v[keep] for k, v in found.items()}
+        if interval_ps is None and len(steps) > 1 and (skip_ps > 0 or timestep_fs is not None):
+            interval_ps = float(np.median(np.diff(steps))) * timestep_ps(run, timestep_fs)
         for k, v in found.items():
             if k not in series:
                 series[k] = v
@@ -149,7 +154,7 @@ def temperatures_of(run: RunFiles, skip_ps: float = 0.0, source: str = "auto",
         stats[label] = {"mean_k": ba.mean, "err_k": ba.stderr, "block_size": ba.block_size,
                         "n_samples": int(len(values)), "source": sources[label]}
     return {"run": run.name, "temperatures": stats, "velocity_info": info, "warnings": messages,
-            "series": series}
+            "series": series, "sample_interval_ps": interval_ps}
 
 
 def _order(labels: set[str]) -> list[str]:
@@ -219,4 +224,122 @@ def analyze(runs: list[RunFiles], out: Path, target_k: float | None = None, skip
         if r["velocity_info"]:
             notes.append(f"{r['run']}: {r['velocity_info']['note']} ({r['velocity_info']['n_beads']} bead(s)).")
     data = {"what": "temperatures", "units": "K", "target_k": target_k, "runs": results, "plots": [png.name]}
+    return write_report(out, "temperatures", data, md, warnings, notes)
+
+
+def replica_table(summary: dict, target_k: float | None, target_err_k: float) -> str:
+    """Markdown table of the replica estimates (one row per temperature)."""
+    dev = "Δ" if target_k is not None else ""
+    headers = ["quantity", f"replica mean {dev}(K)", "σ reported (K)", "σ replicas (K)",
+               "spread of one run (K)", "block σ of one run (K)", "spread / block σ",
+               "n_eff per run: replicas / blocks / ACF", "samples per run",
+               f"ps per run for σ ≤ {target_err_k:g} K with n = {summary['n_replicas']}",
+               f"ps in total for σ ≤ {target_err_k:g} K"]
+    rows = []
+    for label, r in summary["estimates"].items():
+        mean = r["mean_k"] - (target_k or 0.0)
+        rows.append([label, f"{mean:+.2f}" if target_k is not None else f"{mean:.2f}",
+                     f"{r['stderr_k']:.2f}", f"{r['stderr_replicas_k']:.2f}", f"{r['spread_k']:.2f}",
+                     f"{r['block_stderr_one_run_k']:.2f}", f"{r['ratio']:.2f}",
+                     f"{r['n_eff_replicas']:.0f} / {r['n_eff_blocks']:.0f} / {r['n_eff_acf']:.0f}",
+                     f"{r['samples_per_run']:.0f}",
+                     fmt(r.get("ps_per_run_needed")), fmt(r.get("ps_total_needed"))])
+    return markdown_table(headers, rows)
+
+
+def replica_summary(results: list[dict], labels: list[str] | None = None, target_err_k: float = 1.5) -> dict:
+    """Replica estimates (stats.replica_average) of every temperature all runs have, in K.
+
+    ps_total_needed: production time summed over replicas for σ <= target_err_k, from the
+    variance of one run's mean (spread, or the block σ if larger) times its length;
+    ps_per_run_needed: the same shared by the current number of replicas.
+    """
+    common = set.intersection(*(set(r["temperatures"]) for r in results))
+    labels = [k for k in (labels or _order(common)) if k in common]
+    intervals = [r.get("sample_interval_ps") for r in results]
+    interval = float(np.median(intervals)) if all(i is not None for i in intervals) else None
+    estimates = {}
+    for label in labels:
+        ra = replica_average([r["series"][label] for r in results])
+        est = {"mean_k": ra.mean, "stderr_k": ra.stderr, "stderr_replicas_k": ra.stderr_replicas,
+               "stderr_blocks_k": ra.stderr_blocks, "spread_k": ra.spread,
+               "block_stderr_one_run_k": ra.block_stderr_one_run, "ratio": ra.ratio,
+               "n_replicas": ra.n_replicas, "samples_per_run": ra.samples_per_run,
+               "sample_std_k": ra.sample_std, "n_eff_replicas": ra.n_eff_replicas, "n_eff_blocks": ra.n_eff_blocks,
+               "n_eff_acf": ra.n_eff_acf, "stderr_rel_uncertainty": ra.stderr_rel_uncertainty}
+        if interval is not None:
+            run_ps = ra.samples_per_run * interval
+            est["run_ps"] = run_ps
+            est["ps_total_needed"] = ra.runs_for(target_err_k) * run_ps
+            est["ps_per_run_needed"] = est["ps_total_needed"] / ra.n_replicas
+            est["ps_per_independent_sample"] = run_ps / ra.n_eff_replicas
+        estimates[label] = est
+    return {"n_replicas": len(results), "sample_interval_ps": interval, "target_err_k": target_err_k,
+            "estimates": estimates, "time_blocks": time_blocks(results, labels, interval)}
+
+
+def time_blocks(results: list[dict], labels: list[str], interval_ps: float | None, n_blocks: int = 4) -> list[dict]:
+    """Replica mean and σ over replicas of each quantity in ``n_blocks`` consecutive time blocks.
+
+    A trend from block to block that is larger than the σ is non-stationarity (equilibration
+    not finished): neither block averaging nor the replica spread flag it on their own.
+    """
+    length = min(len(r["series"][labels[0]]) for r in results)
+    edges = np.linspace(0, length, n_blocks + 1).astype(int)
+    rows = []
+    for a, b in zip(edges[:-1], edges[1:]):
+        row = {"first_sample": int(a), "last_sample": int(b - 1)}
+        if interval_ps is not None:
+            row["from_ps"], row["to_ps"] = a * interval_ps, b * interval_ps
+        for label in labels:
+            means = np.array([r["series"][label][a:b].mean() for r in results])
+            row[label] = {"mean_k": float(means.mean()), "stderr_k": float(means.std(ddof=1) / np.sqrt(len(means)))}
+        rows.append(row)
+    return rows
+
+
+def time_block_table(blocks: list[dict], labels: list[str], target_k: float | None) -> str:
+    """Markdown: one row per time block, replica mean ± σ over replicas of each quantity."""
+    ref = target_k or 0.0
+    headers = ["block (ps after skip)"] + [f"{'Δ' if target_k is not None else ''}{k} (K)" for k in labels]
+    rows = []
+    for b in blocks:
+        where = (f"{b['from_ps']:.2f}-{b['to_ps']:.2f}" if "from_ps" in b
+                 else f"samples {b['first_sample']}-{b['last_sample']}")
+        rows.append([where] + [f"{b[k]['mean_k'] - ref:+.2f} ± {b[k]['stderr_k']:.2f}" for k in labels])
+    return markdown_table(headers, rows)
+
+
+def analyze_replicas(runs: list[RunFiles], out: Path, target_k: float | None = None, skip_ps: float = 0.0,
+                     source: str = "auto", timestep_fs: float | None = None, target_err_k: float = 1.5) -> dict:
+    """Runs = independent replicas of ONE set-up (different seeds): per-run table plus the
+    replica mean of T, T_H, T_O with σ from the spread between replicas (stats.replica_average).
+    Writes temperatures.json/.md/.png. Returns the report data."""
+    if len(runs) < 2:
+        raise AnalysisInputError("--replicas needs at least 2 runs of the same set-up")
+    results = [temperatures_of(r, skip_ps, source, timestep_fs) for r in runs]
+    per_run, labels = table(results, target_k)
+    main = [k for k in labels if not k.startswith(("T_nm", "T_bead"))]
+    summary = replica_summary(results, main, target_err_k)
+    lengths = sorted({len(r["series"][main[0]]) for r in results})
+    warnings = [w for r in results for w in r.pop("warnings")]
+    if lengths[0] < 0.9 * lengths[-1]:
+        warnings.append(f"replicas have different lengths ({lengths[0]} to {lengths[-1]} samples): "
+                        f"they are weighted equally")
+    md = (f"Replica estimate over {len(runs)} runs (σ reported = max(σ replicas, block σ of the mean); "
+          f"σ replicas = spread / sqrt(n), itself uncertain by ±{100 / np.sqrt(2 * (len(runs) - 1)):.0f}%):\n\n"
+          + replica_table(summary, target_k, target_err_k)
+          + "\n\nReplica mean per time block (a trend larger than σ = equilibration not finished):\n\n"
+          + time_block_table(summary["time_blocks"], main, target_k)
+          + "\n\nPer run (block-averaging σ):\n\n" + per_run)
+    png = plot(results, labels, Path(out) / "temperatures.png", target_k)
+    notes = ["spread of one run: standard deviation of the run means between replicas (the true error of one "
+             "run's mean); block σ of one run: rms of the block-averaging errors the runs report. A ratio "
+             "spread / block σ well above 1 means the block analysis misses slow components.",
+             "n_eff per run: variance of the instantaneous samples / variance of a run mean, with the latter "
+             "from the replica spread, from the blocks, or n / g (statistical inefficiency g, Sokal window).",
+             "ps for σ ≤ target: (spread of one run / target)^2 x run length, summed over replicas; assumes "
+             "runs longer than the slowest correlation time (otherwise a lower bound)."]
+    data = {"what": "temperatures", "units": "K", "target_k": target_k, "skip_ps": skip_ps, "replicas": summary,
+            "runs": results, "plots": [png.name]}
     return write_report(out, "temperatures", data, md, warnings, notes)

@@ -7,7 +7,9 @@ batched vs per-bead). Sizes: 192, 1536, 12288 atoms of replicated water.
 Opt-in (never in the default set, it runs for long): soak (``--only soak``: a long NVT
 run, RSS of i-PI and driver and steps/s over time; benchmarks/soak.py); metatomic
 (``--only metatomic``: our driver vs i-PI's metatomic PES, socket and ffdirect, on the
-exported model; benchmarks/metatomic.py).
+exported model; benchmarks/metatomic.py); equipartition (``--only equipartition``: SVR
+replicas of the reference and the bench model, T_H / T_O with replica error bars;
+benchmarks/equipartition.py).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import torch
 from ipi_ncforces.benchmarks.common import SIZES_ATOMS, BenchConfig, base_water, machine_info, resolve_model, write_json
 
 BENCHMARKS = ("cost", "scaling", "md", "overhead", "pimd")
-OPT_IN = ("soak", "metatomic")  # only when named in --only
+OPT_IN = ("soak", "metatomic", "equipartition")  # only when named in --only
 
 
 def _sizes(text: str) -> tuple[int, ...]:
@@ -106,6 +108,7 @@ def main(argv: list[str] | None = None) -> int:
           f"structure: {structure_source}", flush=True)
 
     from ipi_ncforces.benchmarks import cost, md, overhead, pimd, scaling, soak
+    from ipi_ncforces.benchmarks import equipartition
     from ipi_ncforces.benchmarks import metatomic as metatomic_bench
 
     results: dict = {
@@ -124,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     ]
     t_start = time.perf_counter()
     modules = {"cost": cost, "scaling": scaling, "md": md, "overhead": overhead, "pimd": pimd, "soak": soak,
-               "metatomic": metatomic_bench}
+               "metatomic": metatomic_bench, "equipartition": equipartition}
     for name in BENCHMARKS + OPT_IN:
         if name not in only:
             continue
