@@ -7,7 +7,8 @@ stages and finished MD runs, and continues an interrupted MD run from its checkp
 - ``cost``: F = conservative / direct evaluation time, timed side by side;
 - ``nve``: drift (meV/atom/ps) and heating (K/ps) of conservative, direct and MTS runs
   (M in the preset, inner step 0.5 fs), and the largest M that stays flat;
-- ``nvt``: <T>, <T_H>, <T_O> - target (K, block-average sigma) for SVR tau 10 fs (C, NC,
+- ``nvt``: <T>, <T_H>, <T_O> - target (K; sigma from the spread of --replicas seeded runs,
+  or one run's block average) for SVR tau 10 fs (C, NC,
   MTS) and Langevin tau 10 / 100 / 1000 fs (NC) plus Langevin 100 fs (C); the NC - C
   difference at the same thermostat, with its sigma;
 - ``diffusion``: D of O (1e-5 cm^2/s) per NVT run and its ratio to the conservative run
@@ -58,15 +59,16 @@ class Preset:
     geop_max_steps: int
     cost_repeats: int
     sockets: str = "unix"  # "ffdirect": the model runs inside i-PI (one process per run)
+    replicas: int = 1  # NVT runs per case (seeds seed, seed + 1, ...): sigma from their spread
 
 
 PRESETS = {
     "quick": Preset("quick", WATER16_XYZ, nve_ps=0.1, nvt_ps=0.1, skip_ps=0.02, mts_ms=(2, 4), geop_starts=2,
                     geop_max_steps=60, cost_repeats=3, sockets="ffdirect"),
     "default": Preset("default", WATER64_XYZ, nve_ps=2.0, nvt_ps=4.0, skip_ps=0.5, mts_ms=(2, 4, 8), geop_starts=5,
-                      geop_max_steps=1000, cost_repeats=10),
+                      geop_max_steps=1000, cost_repeats=10, replicas=4),
     "paper": Preset("paper", WATER64_XYZ, nve_ps=20.0, nvt_ps=20.0, skip_ps=2.0, mts_ms=(2, 4, 8, 16), geop_starts=20,
-                    geop_max_steps=1000, cost_repeats=20),
+                    geop_max_steps=1000, cost_repeats=20, replicas=8),
 }
 
 #: The paper's PET numbers (arXiv:2412.11569; ../shared/docs/paper-notes.md).
@@ -220,31 +222,43 @@ def stage_nvt(ctx) -> dict:
     from ipi_ncforces.analysis.diffusion import diffusion_of
     from ipi_ncforces.analysis.rdf import rdf_of
     from ipi_ncforces.analysis.readers import find_run
-    from ipi_ncforces.analysis.temperatures import temperatures_of
+    from ipi_ncforces.analysis.temperatures import replica_summary, temperatures_of
 
-    out = {"temperatures": {}, "diffusion": {}, "rdf": {}}
-    variants = {name: _variant(f"audit-{name}", ctx.preset, forces, ctx.preset.nvt_ps, ctx.seed, ensemble="nvt",
-                               thermostat=thermostat, tau_fs=tau, mts_m=8) for name, forces, thermostat, tau in NVT_CASES}
-    workdirs = _md_runs(ctx, list(variants.items()), ctx.preset.nvt_ps)
+    out = {"temperatures": {}, "diffusion": {}, "rdf": {}, "replicas": ctx.preset.replicas}
+    n_rep = ctx.preset.replicas
+    variants = {(name, k): _variant(f"audit-{name}-r{k}", ctx.preset, forces, ctx.preset.nvt_ps, ctx.seed + k,
+                                    ensemble="nvt", thermostat=thermostat, tau_fs=tau, mts_m=8)
+                for name, forces, thermostat, tau in NVT_CASES for k in range(n_rep)}
+    workdirs = _md_runs(ctx, [(f"{name}-r{k}", v) for (name, k), v in variants.items()], ctx.preset.nvt_ps)
     for name, forces, thermostat, tau in NVT_CASES:
-        v = variants[name]
-        run = find_run(workdirs[name])
-        t = temperatures_of(run, skip_ps=ctx.preset.skip_ps)["temperatures"]
-        target = v.temperature_k
-        out["temperatures"][name] = {
-            label: {"delta_k": s["mean_k"] - target, "err_k": s["err_k"]} for label, s in t.items() if label in ("T", "T_H", "T_O")
-        }
+        runs = [find_run(workdirs[f"{name}-r{k}"]) for k in range(n_rep)]
+        target = variants[(name, 0)].temperature_k
+        per_run = [temperatures_of(run, skip_ps=ctx.preset.skip_ps) for run in runs]
+        if n_rep > 1:  # sigma from the spread between replicas (block sigma as a floor)
+            est = replica_summary(per_run, ["T", "T_H", "T_O"])["estimates"]
+            out["temperatures"][name] = {label: {"delta_k": e["mean_k"] - target, "err_k": e["stderr_k"],
+                                                 "spread_over_block": e["ratio"]} for label, e in est.items()}
+        else:
+            t = per_run[0]["temperatures"]
+            out["temperatures"][name] = {label: {"delta_k": t[label]["mean_k"] - target, "err_k": t[label]["err_k"]}
+                                         for label in ("T", "T_H", "T_O") if label in t}
         try:
-            d = diffusion_of(run, "O", skip_ps=ctx.preset.skip_ps, temperature_k=target, viscosity_mpas=WATER_VISCOSITY_MPAS)
-            out["diffusion"][name] = {"d_1e5_cm2_s": d["d_1e5_cm2_s"], "d_err_1e5_cm2_s": d["d_err_1e5_cm2_s"],
-                                      "d_inf_1e5_cm2_s": d.get("d_inf_1e5_cm2_s")}
+            d = [diffusion_of(run, "O", skip_ps=ctx.preset.skip_ps, temperature_k=target,
+                              viscosity_mpas=WATER_VISCOSITY_MPAS) for run in runs]
+            values = np.array([x["d_1e5_cm2_s"] for x in d])
+            err = float(values.std(ddof=1) / np.sqrt(len(values))) if len(values) > 1 else d[0]["d_err_1e5_cm2_s"]
+            inf = [x.get("d_inf_1e5_cm2_s") for x in d]
+            out["diffusion"][name] = {"d_1e5_cm2_s": float(values.mean()), "d_err_1e5_cm2_s": err,
+                                      "d_inf_1e5_cm2_s": float(np.mean(inf)) if None not in inf else None}
         except Exception as exc:  # too short for an MSD (quick preset)
             out["diffusion"][name] = {"error": str(exc).splitlines()[0]}
         if thermostat == "svr":
-            r = rdf_of(run, [("O", "O")])
-            out["rdf"][name] = r["series"]["O-O"]
+            out["rdf"][name] = rdf_of(runs[0], [("O", "O")])["series"]["O-O"]
+
     diffs = {}
     for direct, cons in (("svr10-direct", "svr10-cons"), ("svr10-mts", "svr10-cons"), ("lang100-direct", "lang100-cons")):
+        if direct not in out["temperatures"] or cons not in out["temperatures"]:
+            continue
         diffs[f"{direct} - {cons}"] = {
             label: {"delta_k": out["temperatures"][direct][label]["delta_k"] - out["temperatures"][cons][label]["delta_k"],
                     "err_k": float(np.hypot(out["temperatures"][direct][label]["err_k"], out["temperatures"][cons][label]["err_k"]))}
@@ -370,7 +384,9 @@ def sections(results: dict) -> list[tuple[str, list[str], list[list[str]], list[
             rows.append([name, *[_pm(ours.get(k, {}).get("delta_k"), ours.get(k, {}).get("err_k"), 1) for k in ("T", "T_H", "T_O")],
                          " / ".join(f"{x:+.1f}" for x in paper) if paper else "-"])
         out.append(("NVT temperatures (deviation from the target, K)", ["run", "ΔT", "ΔT_H", "ΔT_O", "paper PET ΔT / ΔT_H / ΔT_O"], rows,
-                    ["sigma: block averaging of one run; it can be too small when the run is short (see the README)."]))
+                    [f"sigma: spread of {t['replicas']} replicas (seeds seed..seed+{t['replicas'] - 1}), the block sigma as a floor"
+                     if t.get("replicas", 1) > 1 else
+                     "sigma: block averaging of ONE run, about 2x too small for T_H/T_O (README, replica error bars); use --replicas 4 or more"]))
         rows = [[pair, *[_pm(d.get(k, {}).get("delta_k"), d.get(k, {}).get("err_k"), 1) for k in ("T", "T_H", "T_O")]]
                 for pair, d in t["differences"].items()]
         out.append(("Artifact: same thermostat, direct or MTS minus conservative (K)", ["runs", "ΔT", "ΔT_H", "ΔT_O"], rows, []))
@@ -447,6 +463,7 @@ def build_parser() -> argparse.ArgumentParser:
     size.add_argument("--paper", action="store_const", const="paper", dest="preset", help="the paper's lengths (for a GPU)")
     p.set_defaults(preset="default")
     p.add_argument("--structure", type=Path, help="system (i-PI xyz or extxyz; default: the preset's water box)")
+    p.add_argument("--replicas", type=int, help="NVT runs per case (default: the preset's: quick 1, default 4, paper 8)")
     p.add_argument("--stages", nargs="+", choices=[s for s, _ in STAGES], default=[s for s, _ in STAGES])
     p.add_argument("--seed", type=int, default=31415, help="velocity / thermostat / geop seed")
     p.add_argument("--threads", type=int, default=1, help="torch threads per process")
@@ -462,6 +479,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{PROG}: structure file '{args.structure}' (--structure) does not exist", file=sys.stderr)
             return 2
         preset = Preset(**{**asdict(preset), "structure": args.structure})
+    if args.replicas is not None:
+        if args.replicas < 1:
+            print(f"{PROG}: --replicas must be at least 1", file=sys.stderr)
+            return 2
+        preset = Preset(**{**asdict(preset), "replicas": args.replicas})
     if not args.model.is_file():
         print(f"{PROG}: model file '{args.model}' does not exist", file=sys.stderr)
         return 2
@@ -481,7 +503,7 @@ def main(argv: list[str] | None = None) -> int:
     (out / "stages").mkdir(parents=True, exist_ok=True)
     (out / "plots").mkdir(parents=True, exist_ok=True)
     units = {"jacobian": 0.05, "cost": 0.05, "nve": preset.nve_ps * (2 + len(preset.mts_ms)),
-             "nvt": preset.nvt_ps * len(NVT_CASES), "geop": 2.0}
+             "nvt": preset.nvt_ps * len(NVT_CASES) * preset.replicas, "geop": 2.0}
     todo = [s for s, _ in STAGES if s in args.stages and not (out / "stages" / f"{s}.json").is_file()]
     progress = Progress(sum(units[s] for s in todo) or 1.0)
     ctx = _Context(args.model.resolve(), out, preset, args.seed, args.threads, max(1, args.jobs), progress)

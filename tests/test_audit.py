@@ -61,3 +61,21 @@ def test_one_head_model_is_refused_with_one_line(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "water-c.pt" in err[0] and "direct head" in err[0]
     assert main([str(tmp_path / "none.pt"), "--quick", "--out", str(tmp_path)]) == 2
+
+
+@pytest.mark.slow
+def test_nvt_replicas_give_sigma_from_their_spread(tmp_path, monkeypatch):
+    """--replicas 2: each NVT case runs twice (two seeds); the sigma is the replica one."""
+    from ipi_ncforces.benchmarks import audit
+
+    monkeypatch.setattr(audit, "NVT_CASES", audit.NVT_CASES[:2])  # SVR conservative and direct only
+    assert main([str(SHIPPED_MODELS_DIR / "water-m.pt"), "--quick", "--stages", "nvt", "--replicas", "2",
+                 "--out", str(tmp_path)]) == 0
+    nvt = json.loads((tmp_path / "stages" / "nvt.json").read_text())
+    assert nvt["replicas"] == 2 and set(nvt["temperatures"]) == {"svr10-cons", "svr10-direct"}
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == [
+        "svr10-cons-r0", "svr10-cons-r1", "svr10-direct-r0", "svr10-direct-r1"]
+    for case in nvt["temperatures"].values():
+        assert all(case[k]["err_k"] > 0 and case[k]["spread_over_block"] > 0 for k in ("T", "T_H", "T_O"))
+    assert "svr10-direct - svr10-cons" in nvt["differences"]
+    assert "spread of 2 replicas" in (tmp_path / "audit.md").read_text()
