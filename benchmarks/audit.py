@@ -204,27 +204,28 @@ def stage_nve(ctx) -> dict:
     variants = {name: _variant(f"audit-{name}", ctx.preset, forces, ctx.preset.nve_ps, ctx.seed, **extra)
                 for name, forces, extra in cases}
     workdirs = _md_runs(ctx, list(variants.items()), ctx.preset.nve_ps)
-    results = {}
+    results, drifts = {}, []
     for name, v in variants.items():
         d = drift_of(find_run(workdirs[name]), skip_ps=0.0)
         results[name] = {k: d.get(k) for k in ("drift_mev_atom_ps", "drift_err_mev_atom_ps", "heating_k_ps",
                                                "heating_err_k_ps", "duration_ps")}
         results[name]["outer_step_fs"] = v.outer_dt_fs
-        ctx.plots_data.setdefault("nve", []).append(d)
+        drifts.append(d)
     floor = abs(results["nve-cons"]["drift_mev_atom_ps"]) + 3.0 * results["nve-cons"]["drift_err_mev_atom_ps"]
     flat = [m for m in ctx.preset.mts_ms
             if abs(results[f"nve-mts{m}"]["drift_mev_atom_ps"]) <= floor + 3.0 * results[f"nve-mts{m}"]["drift_err_mev_atom_ps"]]
-    plot_drift(ctx.plots_data["nve"], ctx.out / "plots" / "nve-drift.png")
+    plot_drift(drifts, ctx.out / "plots" / "nve-drift.png")
     return {"runs": results, "flat_floor_mev_atom_ps": floor, "largest_flat_m": max(flat) if flat else None}
 
 
 def stage_nvt(ctx) -> dict:
     from ipi_ncforces.analysis.diffusion import diffusion_of
-    from ipi_ncforces.analysis.rdf import rdf_of
+    from ipi_ncforces.analysis import rdf
     from ipi_ncforces.analysis.readers import find_run
     from ipi_ncforces.analysis.temperatures import replica_summary, temperatures_of
 
-    out = {"temperatures": {}, "diffusion": {}, "rdf": {}, "replicas": ctx.preset.replicas}
+    out = {"temperatures": {}, "diffusion": {}, "replicas": ctx.preset.replicas}
+    rdfs = {}  # SVR runs: O-O g(r) of replica 0 (plotted, not in the JSON)
     n_rep = ctx.preset.replicas
     variants = {(name, k): _variant(f"audit-{name}-r{k}", ctx.preset, forces, ctx.preset.nvt_ps, ctx.seed + k,
                                     ensemble="nvt", thermostat=thermostat, tau_fs=tau, mts_m=8)
@@ -253,7 +254,7 @@ def stage_nvt(ctx) -> dict:
         except Exception as exc:  # too short for an MSD (quick preset)
             out["diffusion"][name] = {"error": str(exc).splitlines()[0]}
         if thermostat == "svr":
-            out["rdf"][name] = rdf_of(runs[0], [("O", "O")])["series"]["O-O"]
+            rdfs[name] = rdf.rdf_of(runs[0], [("O", "O")])
 
     diffs = {}
     for direct, cons in (("svr10-direct", "svr10-cons"), ("svr10-mts", "svr10-cons"), ("lang100-direct", "lang100-cons")):
@@ -273,12 +274,11 @@ def stage_nvt(ctx) -> dict:
             err = ratio * float(np.hypot(a["d_err_1e5_cm2_s"] / a["d_1e5_cm2_s"], b["d_err_1e5_cm2_s"] / b["d_1e5_cm2_s"]))
             ratios[f"{direct} / {cons}"] = {"ratio": ratio, "err": err}
     out["diffusion_ratios"] = ratios
-    if "svr10-direct" in out["rdf"] and "svr10-cons" in out["rdf"]:
-        (r, g_nc), (_, g_c) = out["rdf"]["svr10-direct"], out["rdf"]["svr10-cons"]
+    if "svr10-direct" in rdfs and "svr10-cons" in rdfs:
+        (r, g_nc), (_, g_c) = rdfs["svr10-direct"]["series"]["O-O"], rdfs["svr10-cons"]["series"]["O-O"]
         i = int(np.argmax(np.abs(np.asarray(g_nc) - np.asarray(g_c))))
         out["rdf_max_abs_diff"] = {"r_a": float(r[i]), "delta_g": float(np.asarray(g_nc)[i] - np.asarray(g_c)[i])}
-        _plot_rdf(out["rdf"], ctx.out / "plots" / "rdf-oo.png")
-    out["rdf"] = {}  # the curves are in the plot, not the JSON
+        rdf.plot(list(rdfs.values()), ctx.out / "plots" / "rdf-oo.png")
     return out
 
 
@@ -309,24 +309,6 @@ def stage_geop(ctx) -> dict:
 
 STAGES = (("jacobian", stage_jacobian), ("cost", stage_cost), ("nve", stage_nve), ("nvt", stage_nvt),
           ("geop", stage_geop))
-
-
-def _plot_rdf(curves: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5, 3.5))
-    for name, (r, g) in curves.items():
-        ax.plot(r, g, label=name)
-    ax.set_xlabel("r (A)")
-    ax.set_ylabel("g_OO(r)")
-    ax.legend()
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 # ----------------------------------------------------------------------------- report
@@ -445,7 +427,6 @@ class _Context:
     def __init__(self, model: Path, out: Path, preset: Preset, seed: int, threads: int, jobs: int, progress: Progress):
         self.model, self.out, self.preset, self.seed, self.threads, self.progress = model, out, preset, seed, threads, progress
         self.jobs = jobs
-        self.plots_data: dict = {}
 
 
 def build_parser() -> argparse.ArgumentParser:
