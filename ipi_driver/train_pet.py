@@ -114,26 +114,33 @@ def _train_one(kind: str, split: dict[str, Path], workdir: Path, args: argparse.
     return time.monotonic() - t0
 
 
-def _record(kind: str, model: Path, split: dict[str, Path], data: Path, training_time_s: float, args) -> dict:
+def _evaluation_set(split: dict[str, Path], data: Path) -> dict:
+    """What every model's record is measured on: validation and test frames, the split
+    sizes and the data hash (read once per command)."""
     import ase.io
 
+    frames = {name: ase.io.read(path, ":") for name, path in split.items()}
+    return {"frames": frames, "n_frames": {name: len(f) for name, f in frames.items()},
+            "training_data_sha256": file_sha256(data)}
+
+
+def _record(model: Path, evaluation: dict, training_time_s: float, args) -> dict:
     from ipi_ncforces.models.errors import mean_absolute_errors
     from ipi_ncforces.models.loader import load_backend
 
     backend = load_backend(model)
-    frames = {name: ase.io.read(path, ":") for name, path in split.items()}
     return {
         "architecture": "PET (metatrain)",
-        "test_mae": mean_absolute_errors(backend, frames["test"]),
-        "validation_mae": mean_absolute_errors(backend, frames["validation"]),
-        "n_frames": {name: len(f) for name, f in frames.items()},
+        "test_mae": mean_absolute_errors(backend, evaluation["frames"]["test"]),
+        "validation_mae": mean_absolute_errors(backend, evaluation["frames"]["validation"]),
+        "n_frames": evaluation["n_frames"],
         "training_time_s": training_time_s,
         "time_budget_s": args.time_budget_s,
         "device": args.device or "default",
         "n_parameters": sum(p.numel() for p in backend.atomistic.parameters()),
         "file_size_mb": model.stat().st_size / 1e6,
         "hypers": {**PET_HYPERS, "d_pet": args.d_pet, "batch_size": args.batch_size, "lr": args.lr},
-        "training_data_sha256": file_sha256(data),
+        "training_data_sha256": evaluation["training_data_sha256"],
     }
 
 
@@ -165,6 +172,7 @@ def main(argv: list[str] | None = None) -> int:
             return _fail(f"'{data}' has too few frames for a train / validation / test split")
     record_path = args.out / "water-models.json"
     records = json.loads(record_path.read_text()) if record_path.is_file() else {}
+    evaluation = None
     for kind in args.kinds:
         model = args.out / f"pet-{kind.lower()}.pt"
         if model.is_file() and f"PET-{kind}" in records:
@@ -176,7 +184,8 @@ def main(argv: list[str] | None = None) -> int:
         except RuntimeError as exc:
             return _fail(str(exc), 1)
         (args.out / f"pet-{kind.lower()}" / "model.pt").replace(model)
-        records[f"PET-{kind}"] = _record(kind, model, split, data, seconds, args)
+        evaluation = evaluation or _evaluation_set(split, data)
+        records[f"PET-{kind}"] = _record(model, evaluation, seconds, args)
         record_path.write_text(json.dumps(records, indent=2) + "\n")
         maes = "  ".join(f"{k} {v:.2f}" for k, v in records[f"PET-{kind}"]["test_mae"].items())
         print(f"{PROG}: PET-{kind} -> {model}: test {maes}; {seconds:.0f} s")
