@@ -30,7 +30,6 @@ import base64
 import json
 import os
 import shutil
-import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -38,7 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ipi_ncforces.inputs import WATER16_XYZ, WATER64_XYZ, make
+from ipi_ncforces.inputs import WATER16_XYZ, WATER64_STARTS_XYZ, make
 from ipi_ncforces.ipi_driver import launch
 from ipi_ncforces.models import SHIPPED_MODELS_DIR
 
@@ -50,7 +49,7 @@ class Preset:
     """Lengths of one audit. Times are simulated ps; the inner time step is 0.5 fs."""
 
     name: str
-    structure: Path
+    structure: Path  # frame k of a multi-frame file starts NVT replica k; frame 0 everything else
     nve_ps: float
     nvt_ps: float
     skip_ps: float
@@ -65,9 +64,9 @@ class Preset:
 PRESETS = {
     "quick": Preset("quick", WATER16_XYZ, nve_ps=0.1, nvt_ps=0.1, skip_ps=0.02, mts_ms=(2, 4), geop_starts=2,
                     geop_max_steps=60, cost_repeats=3, sockets="ffdirect"),
-    "default": Preset("default", WATER64_XYZ, nve_ps=2.0, nvt_ps=4.0, skip_ps=0.5, mts_ms=(2, 4, 8), geop_starts=5,
+    "default": Preset("default", WATER64_STARTS_XYZ, nve_ps=2.0, nvt_ps=4.0, skip_ps=0.5, mts_ms=(2, 4, 8), geop_starts=5,
                       geop_max_steps=1000, cost_repeats=10, replicas=4),
-    "paper": Preset("paper", WATER64_XYZ, nve_ps=20.0, nvt_ps=20.0, skip_ps=2.0, mts_ms=(2, 4, 8, 16), geop_starts=20,
+    "paper": Preset("paper", WATER64_STARTS_XYZ, nve_ps=20.0, nvt_ps=20.0, skip_ps=2.0, mts_ms=(2, 4, 8, 16), geop_starts=20,
                     geop_max_steps=1000, cost_repeats=20, replicas=8),
 }
 
@@ -116,40 +115,50 @@ class Progress:
 
 
 def _md_runs(ctx, runs: list[tuple[str, make.Variant]], units_each: float) -> dict[str, Path]:
-    """`ipi-nc run` of each (name, variant) in OUT/runs/NAME, ``ctx.jobs`` at a time: a run
-    marked done is skipped, one with a checkpoint is continued (--resume). RuntimeError
-    naming the first run that fails."""
+    """`ipi-nc run` of each (name, variant) in OUT/runs/NAME (its output in NAME/audit-run.log),
+    ``ctx.jobs`` at a time (:func:`ipi_ncforces.ipi_driver.launch.run_jobs`): a run marked done
+    is skipped, one with a checkpoint is continued (--resume); on a failure or Ctrl-C the other
+    runs are stopped (they keep their checkpoints). RuntimeError naming the run that failed."""
     workdirs = {name: ctx.out / "runs" / name for name, _ in runs}
-    pending = [(name, v) for name, v in runs if not (workdirs[name] / "AUDIT_DONE").is_file()]
-    active: dict[str, subprocess.Popen] = {}
-    while pending or active:
-        while pending and len(active) < ctx.jobs:
-            name, v = pending.pop(0)
-            workdir = workdirs[name]
-            xml = make.write(make.with_changes(v, socket_address=f"audit{os.getpid()}-{name}"), ctx.out / "inputs" / f"{name}.xml")
+
+    def job(name: str, v: make.Variant) -> launch.Job:
+        workdir = workdirs[name]
+
+        def start() -> launch.Process:
+            xml = make.write(make.with_changes(v, socket_address=f"audit{os.getpid()}-{name}"),
+                             ctx.out / "inputs" / f"{name}.xml")
             cmd = [sys.executable, "-m", "ipi_ncforces.cli", "run", str(xml), "--model", str(ctx.model),
                    "--workdir", str(workdir), "--quiet"]
             if (workdir / "RESTART").is_file():
                 cmd.append("--resume")
             elif workdir.exists():
                 shutil.rmtree(workdir)
-            active[name] = subprocess.Popen(cmd, env=launch.thread_env(ctx.threads), stdout=subprocess.DEVNULL)
-        time.sleep(0.2)
-        for name, proc in list(active.items()):
-            if proc.poll() is None:
-                continue
-            del active[name]
-            if proc.returncode != 0:
-                for other in active.values():
-                    other.terminate()
-                raise RuntimeError(f"MD run '{name}' failed (exit {proc.returncode}); logs in {workdirs[name]}")
-            (workdirs[name] / "AUDIT_DONE").write_text("ok\n")
-            ctx.progress.step(units_each, f"MD {name}")
+            workdir.mkdir(parents=True, exist_ok=True)
+            return launch.start_process(cmd, workdir, "audit-run.log", ctx.threads, f"MD {name}")
+
+        return launch.Job(f"MD {name}", start)
+
+    def done(job: launch.Job) -> None:
+        name = job.name.removeprefix("MD ")
+        (workdirs[name] / "AUDIT_DONE").write_text("ok\n")
+        ctx.progress.step(units_each, job.name)
+
+    pending = [job(name, v) for name, v in runs if not (workdirs[name] / "AUDIT_DONE").is_file()]
+    launch.run_jobs(pending, ctx.jobs, "audit", on_done=done, log=lambda text: None, poll_s=0.2)
     return workdirs
 
 
-def _variant(name: str, preset: Preset, forces: str, total_ps: float, seed: int, **changes) -> make.Variant:
-    v = make.Variant(name=name, forces=forces, structure=str(preset.structure.resolve()), seed=seed, steps=1, sockets=preset.sockets,
+def _starts(ctx, n: int) -> list[Path]:
+    """Start structure of replica 0..n-1 (frames of the preset's structure file, see
+    :func:`ipi_ncforces.models.structure_io.replica_starts`)."""
+    from ipi_ncforces.models.structure_io import replica_starts
+
+    return replica_starts(ctx.preset.structure, n, ctx.out / "inputs" / "starts")
+
+
+def _variant(name: str, preset: Preset, forces: str, total_ps: float, seed: int, structure: Path,
+             **changes) -> make.Variant:
+    v = make.Variant(name=name, forces=forces, structure=str(Path(structure).resolve()), seed=seed, steps=1, sockets=preset.sockets,
                      properties_fs=2.0, positions_fs=10.0, velocities_fs=10.0, forces_fs=1000.0,
                      checkpoint_fs=100.0, **changes)
     return make.with_changes(v, steps=make.steps_for_time(total_ps, v))
@@ -201,7 +210,8 @@ def stage_nve(ctx) -> dict:
 
     cases = [("nve-cons", "conservative", {}), ("nve-direct", "direct", {})]
     cases += [(f"nve-mts{m}", "mts", {"mts_m": m}) for m in ctx.preset.mts_ms]
-    variants = {name: _variant(f"audit-{name}", ctx.preset, forces, ctx.preset.nve_ps, ctx.seed, **extra)
+    variants = {name: _variant(f"audit-{name}", ctx.preset, forces, ctx.preset.nve_ps, ctx.seed, _starts(ctx, 1)[0],
+                               **extra)
                 for name, forces, extra in cases}
     workdirs = _md_runs(ctx, list(variants.items()), ctx.preset.nve_ps)
     results, drifts = {}, []
@@ -227,8 +237,9 @@ def stage_nvt(ctx) -> dict:
     out = {"temperatures": {}, "diffusion": {}, "replicas": ctx.preset.replicas}
     rdfs = {}  # SVR runs: O-O g(r) of replica 0 (plotted, not in the JSON)
     n_rep = ctx.preset.replicas
+    starts = _starts(ctx, n_rep)  # replica k of every case starts from frame k: paired NC - C differences
     variants = {(name, k): _variant(f"audit-{name}-r{k}", ctx.preset, forces, ctx.preset.nvt_ps, ctx.seed + k,
-                                    ensemble="nvt", thermostat=thermostat, tau_fs=tau, mts_m=8)
+                                    starts[k], ensemble="nvt", thermostat=thermostat, tau_fs=tau, mts_m=8)
                 for name, forces, thermostat, tau in NVT_CASES for k in range(n_rep)}
     workdirs = _md_runs(ctx, [(f"{name}-r{k}", v) for (name, k), v in variants.items()], ctx.preset.nvt_ps)
     for name, forces, thermostat, tau in NVT_CASES:

@@ -24,8 +24,8 @@ file under OUT) or a model file (.pt) with ``--forces conservative|direct``.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,7 +59,8 @@ class SetUp:
     @property
     def label(self) -> str:
         name = REFERENCE if self.potential == REFERENCE else Path(self.potential).stem
-        return (f"{name}-{self.forces}-{self.thermostat}{self.tau_fs:g}-dt{self.dt_fs:g}-"
+        thermostat = "nve" if self.thermostat == "nve" else f"{self.thermostat}{self.tau_fs:g}"
+        return (f"{name}-{self.forces}-{thermostat}-dt{self.dt_fs:g}-"
                 f"{Path(self.structure).stem}")
 
 
@@ -89,14 +90,17 @@ def model_file(setup: SetUp, work: Path) -> Path:
     return target.resolve()
 
 
-def replica_variant(setup: SetUp, k: int, model: Path) -> make.Variant:
-    """The i-PI input of replica k: NVT, ``<ffdirect>`` with our PES, properties only."""
+def replica_variant(setup: SetUp, k: int, model: Path, structure: Path | None = None) -> make.Variant:
+    """The i-PI input of replica k: NVT, ``<ffdirect>`` with our PES, properties only; it
+    starts from ``structure`` (default ``setup.structure``)."""
     base = make.Variant(name="sim", dt_fs=setup.dt_fs)
     steps = make.steps_for_time(setup.total_ps, base)
+    nve = setup.thermostat == "nve"  # microcanonical from Maxwell-Boltzmann velocities at temperature_k
     return make.Variant(
-        name="sim", ensemble="nvt", thermostat=setup.thermostat, tau_fs=setup.tau_fs, forces=setup.forces,
+        name="sim", ensemble="nve" if nve else "nvt", thermostat=None if nve else setup.thermostat,
+        tau_fs=setup.tau_fs, forces=setup.forces,
         dt_fs=setup.dt_fs, steps=steps, temperature_k=setup.temperature_k, seed=replica_seed(k),
-        structure=str(Path(setup.structure).resolve()), sockets="ffdirect", pes_path=str(PES_PATH),
+        structure=str(Path(structure or setup.structure).resolve()), sockets="ffdirect", pes_path=str(PES_PATH),
         model=str(model), safe_stride=1000000,
         outputs=(make.Output("properties", "out", PROPERTIES, base.stride(setup.properties_fs)),),
     )
@@ -108,52 +112,83 @@ def finished(run_dir: Path, v: make.Variant) -> bool:
     return launch.StepFollower(run_dir / "sim.out").poll() >= v.steps - v.steps % stride
 
 
+def run_pool(items: list[tuple[Path, make.Variant]], jobs: int, label: str, out: Path, log=_log) -> None:
+    """Run the i-PI input of each (directory, variant) not yet finished, ``jobs`` at a time
+    (:func:`ipi_ncforces.ipi_driver.launch.run_jobs`: progress and ETA every minute, the
+    others stopped on failure or interrupt). RuntimeError naming the log if a run fails."""
+    pending = [(d, v) for d, v in items if not finished(d, v)]
+    if len(pending) < len(items):
+        log(f"[equipartition] {label}: {len(items) - len(pending)} of {len(items)} runs already done")
+
+    def job(d: Path, v: make.Variant) -> launch.Job:
+        def start() -> launch.Process:
+            for stale in d.glob("sim.*"):
+                stale.unlink()  # an interrupted run starts over (no checkpoint kept)
+            return launch.start_ipi(make.write(v, d / "input.xml"), d, threads=1)
+
+        follower = launch.StepFollower(d / "sim.out")
+        return launch.Job(str(d.relative_to(out)), start, succeeded=lambda: finished(d, v), steps=v.steps,
+                          steps_done=follower.poll)
+
+    launch.run_jobs([job(d, v) for d, v in pending], jobs, f"equipartition {label}", log=log)
+
+
 def run_replicas(setup: SetUp, n: int, out: Path, jobs: int = 2, log=_log) -> list[Path]:
-    """Run (or resume) ``n`` replicas of ``setup`` under out/<label>/rep<k>, ``jobs`` at a time.
+    """Run (or resume) ``n`` replicas of ``setup`` under out/<label>/rep<k>, ``jobs`` at a time;
+    a multi-frame ``setup.structure`` gives each replica its own start (frame k).
 
     Returns the replica directories. RuntimeError naming the log if an i-PI run fails."""
     group = Path(out) / setup.label
     model = model_file(setup, Path(out))
-    variants = [replica_variant(setup, k, model) for k in range(n)]
     dirs = [group / f"rep{k:02d}" for k in range(n)]
-    pending = [(d, v) for d, v in zip(dirs, variants) if not finished(d, v)]
-    if len(pending) < n:
-        log(f"[equipartition] {setup.label}: {n - len(pending)} of {n} replicas already done")
-    running: list[tuple[Path, make.Variant, launch.Process]] = []
-    t0 = time.perf_counter()
-    last = t0
-    total_steps = sum(v.steps for _, v in pending)
-    try:
-        while pending or running:
-            while pending and len(running) < jobs:
-                d, v = pending.pop(0)
-                for stale in d.glob("sim.*"):
-                    stale.unlink()  # an interrupted replica starts over (no checkpoint kept)
-                xml = make.write(v, d / "input.xml")
-                running.append((d, v, launch.start_ipi(xml, d, threads=1)))
-            time.sleep(1.0)
-            for item in list(running):
-                d, v, proc = item
-                if proc.running():
-                    continue
-                running.remove(item)
-                if proc.returncode != 0 or not finished(d, v):
-                    raise RuntimeError(f"i-PI failed for {d} (exit {proc.returncode}; see {proc.log_path}): "
-                                       f"{proc.log_tail(3)}")
-                log(f"[equipartition] {d.relative_to(out)} done ({time.perf_counter() - t0:.0f} s)")
-            now = time.perf_counter()
-            if running and now - last > 60:
-                last = now
-                left = sum(v.steps for _, v in pending) + sum(
-                    v.steps - max(0, launch.StepFollower(d / "sim.out").poll()) for d, v, _ in running)
-                done = total_steps - left
-                rate = done / (now - t0) if done > 0 else 0.0
-                eta = f", ETA {left / rate / 60:.0f} min" if rate else ""
-                log(f"[equipartition] {setup.label}: {done}/{total_steps} steps, {rate:.1f} steps/s{eta}")
-    finally:
-        for _, _, proc in running:
-            proc.stop()
+    from ipi_ncforces.models.structure_io import replica_starts
+
+    starts = replica_starts(setup.structure, n, group / "starts")
+    variants = [replica_variant(setup, k, model, starts[k]) for k in range(n)]
+    run_pool(list(zip(dirs, variants)), jobs, setup.label, Path(out), log)
     return dirs
+
+
+def make_starts(setup: SetUp, target: Path, chains: int, frames_per_chain: int, discard_ps: float,
+                spacing_ps: float, out: Path, jobs: int = 2, log=_log) -> Path:
+    """Equilibrated start structures for replicas: ``chains`` NVT runs of ``setup`` (usually
+    Langevin, a local thermostat) from ``setup.structure``, each discarding ``discard_ps`` ps
+    and then keeping one frame every ``spacing_ps`` ps; all frames go to ``target`` (i-PI
+    xyz, Angstrom, one frame after another, the chains interleaved). The potential energy in 1 ps blocks of each
+    chain is logged, to check that ``discard_ps`` covers the relaxation."""
+    import numpy as np
+
+    from ipi_ncforces.analysis.readers import read_properties
+    from ipi_ncforces.models.structure_io import read_structure, write_ipi_xyz_frames
+
+    total_ps = discard_ps + frames_per_chain * spacing_ps
+    chained = dataclasses.replace(setup, total_ps=total_ps)
+    group = Path(out) / f"starts-{chained.label}"
+    model = model_file(chained, Path(out))
+    items = []
+    for k in range(chains):
+        v = replica_variant(chained, k, model, Path(setup.structure).resolve())
+        stride = v.stride(spacing_ps * 1000.0)
+        v = make.with_changes(v, outputs=v.outputs + (make.Output("trajectory", "pos", "positions{angstrom}", stride),))
+        items.append((group / f"chain{k:02d}", v))
+    run_pool(items, jobs, f"starts {chained.label}", Path(out), log)
+    box = read_structure(setup.structure)
+    per_chain = []
+    for d, v in items:
+        props = read_properties(d / "sim.out")
+        time_ps, pot_ev = np.asarray(props["time"]), np.asarray(props["potential"])
+        edges = np.arange(0.0, total_ps + 1e-9, spacing_ps)
+        blocks = [f"{pot_ev[(time_ps >= a) & (time_ps < b)].mean():.3f}" for a, b in zip(edges[:-1], edges[1:])]
+        log(f"[equipartition] {d.name}: potential energy (eV) per {spacing_ps:g} ps block: {' '.join(blocks)}")
+        kept = [a for a in read_structure(d / "sim.pos_0.xyz", ":") if a.info.get("step", 0) * v.dt_fs / 1000.0 > discard_ps + 1e-9]
+        for atoms in kept:
+            atoms.set_cell(box.cell)  # the NVT box, at full precision (i-PI prints 5 decimals)
+        per_chain.append(kept)
+    # chains interleaved (c0 f0, c1 f0, c0 f1, ...): the first n frames come from all chains
+    frames = [chain[i] for i in range(max(map(len, per_chain))) for chain in per_chain if i < len(chain)]
+    write_ipi_xyz_frames(frames, target)
+    log(f"[equipartition] {len(frames)} start structures -> {target}")
+    return target
 
 
 def study(setups: list[SetUp], n: int, out: Path, skip_ps: float, jobs: int, log=_log) -> dict:
@@ -196,7 +231,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"'{REFERENCE}' (q-TIP4P/F reference) or a model file; repeat for several "
                    f"(default {REFERENCE})")
     p.add_argument("--forces", choices=("conservative", "direct"), default="conservative")
-    p.add_argument("--thermostat", choices=("svr", "langevin"), default="svr")
+    p.add_argument("--thermostat", choices=("svr", "langevin", "nve"), default="svr",
+                   help="svr (global), langevin (local) or nve (none: Maxwell-Boltzmann start, then NVE)")
     p.add_argument("--tau-fs", type=float, default=10.0, help="thermostat time constant (fs; default 10)")
     p.add_argument("--dt-fs", type=float, default=0.5, help="time step (fs; default 0.5)")
     p.add_argument("--temperature", type=float, default=300.0, metavar="K", help="target (K; default 300)")
@@ -207,6 +243,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="water64 (192 atoms, default), water16 (48 atoms) or an i-PI xyz file")
     p.add_argument("--jobs", type=int, default=2, help="replicas run at once, one thread each (default 2)")
     p.add_argument("--out", default="runs/equipartition", help="output folder (default runs/equipartition)")
+    p.add_argument("--make-starts", metavar="XYZ", type=Path, default=None,
+                   help="instead of replicas: write equilibrated start structures to XYZ (one per replica): "
+                   "--jobs chains from --structure with --thermostat/--tau-fs (use langevin 100), each "
+                   "discarding --discard-ps then keeping a frame every --spacing-ps; frames = --replicas")
+    p.add_argument("--discard-ps", type=float, default=6.0, help="--make-starts: relaxation discarded (ps; default 6)")
+    p.add_argument("--spacing-ps", type=float, default=1.0, help="--make-starts: time between frames (ps; default 1)")
     return p
 
 
@@ -219,6 +261,17 @@ def main(argv: list[str] | None = None) -> int:
     if not Path(structure).is_file():
         print(f"equipartition: structure '{args.structure}' not found (--structure)", file=sys.stderr)
         return 2
+    if args.make_starts is not None:
+        setup = SetUp(potential=(args.potential or [REFERENCE])[0], forces=args.forces, thermostat=args.thermostat,
+                      tau_fs=args.tau_fs, dt_fs=args.dt_fs, temperature_k=args.temperature, structure=Path(structure))
+        per_chain = -(-args.replicas // args.jobs)
+        try:
+            make_starts(setup, args.make_starts, args.jobs, per_chain, args.discard_ps, args.spacing_ps,
+                        Path(args.out), args.jobs)
+        except (FileNotFoundError, make.VariantError, AnalysisInputError, RuntimeError) as exc:
+            print(f"equipartition: {exc}", file=sys.stderr)
+            return 1
+        return 0
     setups = [SetUp(potential=p, forces=args.forces, thermostat=args.thermostat, tau_fs=args.tau_fs,
                     dt_fs=args.dt_fs, temperature_k=args.temperature, total_ps=args.ps, structure=Path(structure))
               for p in (args.potential or [REFERENCE])]

@@ -281,3 +281,60 @@ def kill_processes(processes: list[Process | None], unix_addresses: tuple[str, .
             proc.kill()
     for address in unix_addresses:
         socket_path(address).unlink(missing_ok=True)
+
+
+# ----------------------------------------------------------------------------- job pool
+
+
+@dataclass
+class Job:
+    """One run of a :func:`run_jobs` pool: ``start()`` returns the started Process,
+    ``succeeded()`` (after exit code 0) says whether it produced what it should;
+    ``steps`` / ``steps_done()`` (optional) feed the progress line."""
+
+    name: str
+    start: object  # () -> Process
+    succeeded: object = None  # () -> bool; None: exit code 0 is enough
+    steps: int = 0
+    steps_done: object = None  # () -> int
+
+
+def run_jobs(jobs: list[Job], parallel: int = 2, label: str = "runs", on_done=None, log=print,
+             progress_every_s: float = 60.0, poll_s: float = 1.0) -> None:
+    """Run ``jobs`` at most ``parallel`` at a time. Every ``progress_every_s`` one line with
+    steps done, steps/s and an ETA; ``on_done(job)`` after each success. On the first failure,
+    an interrupt (Ctrl-C) or any error, the running processes are stopped (SIGTERM: i-PI
+    writes its RESTART) and the error propagates: RuntimeError naming the failed job's log."""
+    pending = list(jobs)
+    running: list[tuple[Job, Process]] = []
+    t0 = last = time.monotonic()
+    total = sum(j.steps for j in jobs)
+    finished_steps = 0
+    try:
+        while pending or running:
+            while pending and len(running) < parallel:
+                job = pending.pop(0)
+                running.append((job, job.start()))
+            time.sleep(poll_s)
+            for item in list(running):
+                job, proc = item
+                if proc.running():
+                    continue
+                running.remove(item)
+                if proc.returncode != 0 or (job.succeeded is not None and not job.succeeded()):
+                    raise RuntimeError(f"{job.name} failed (exit {proc.returncode}; see {proc.log_path}): "
+                                       f"{proc.log_tail(3)}")
+                finished_steps += job.steps
+                log(f"[{label}] {job.name} done ({time.monotonic() - t0:.0f} s)")
+                if on_done is not None:
+                    on_done(job)
+            now = time.monotonic()
+            if total and running and now - last > progress_every_s:
+                last = now
+                done = finished_steps + sum(max(0, j.steps_done()) for j, _ in running if j.steps_done)
+                rate = done / (now - t0)
+                eta = f", ETA {(total - done) / rate / 60:.0f} min" if rate > 0 else ""
+                log(f"[{label}] {done}/{total} steps, {rate:.1f} steps/s{eta}")
+    finally:
+        for _, proc in running:
+            proc.stop()

@@ -74,6 +74,38 @@ def read_structure(path: str | Path, index: int | str | slice = 0):
     return ase.io.read(path, index=index)
 
 
+def replica_starts(path: str | Path, n: int, directory: str | Path) -> list[Path]:
+    """Start structure of each of ``n`` replicas: frame k mod F of a file with F frames,
+    written to ``directory/start-<k>.xyz`` (i-PI xyz) when F > 1; else ``path`` for all.
+
+    Replicas that start from different equilibrated frames share no structural memory,
+    so the spread between them is an honest error bar."""
+    frames = read_structure(path, ":")
+    if len(frames) == 1:
+        return [Path(path).resolve()] * n
+    starts = []
+    for k in range(n):
+        target = Path(directory) / f"start-{k:02d}.xyz"
+        if not target.is_file():
+            write_ipi_xyz(frames[k % len(frames)], target)
+        starts.append(target.resolve())
+    return starts
+
+
+def write_ipi_xyz_frames(frames, path: str | Path) -> Path:
+    """Write several ase.Atoms one after another in i-PI's xyz format (Angstrom)."""
+    import tempfile
+
+    path = Path(path)
+    parts = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for atoms in frames:
+            parts.append(write_ipi_xyz(atoms, Path(tmp) / "frame.xyz").read_text())
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(parts))
+    return path
+
+
 def _ipi_xyz_frames(path: Path, handle):
     """ase.Atoms per frame of an open i-PI xyz file, converted to Angstrom with i-PI's units."""
     import ase

@@ -65,12 +65,26 @@ def test_one_head_model_is_refused_with_one_line(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_nvt_replicas_give_sigma_from_their_spread(tmp_path, monkeypatch):
-    """--replicas 2: each NVT case runs twice (two seeds); the sigma is the replica one."""
+    """--replicas 2: each NVT case runs twice (two seeds); the sigma is the replica one. A
+    two-frame structure file starts replica k of every case from frame k; runner logs are kept."""
     from ipi_ncforces.benchmarks import audit
+    from ipi_ncforces.inputs import WATER16_XYZ
+    from ipi_ncforces.models.structure_io import read_structure, write_ipi_xyz_frames
 
     monkeypatch.setattr(audit, "NVT_CASES", audit.NVT_CASES[:2])  # SVR conservative and direct only
+    frames = [read_structure(WATER16_XYZ), read_structure(WATER16_XYZ)]
+    frames[1].positions += 0.01 * (1 + frames[1].numbers[:, None] % 3)  # O and H moved apart a little: another start
+    starts = write_ipi_xyz_frames(frames, tmp_path / "starts.xyz")
     assert main([str(SHIPPED_MODELS_DIR / "water-m.pt"), "--quick", "--stages", "nvt", "--replicas", "2",
-                 "--out", str(tmp_path)]) == 0
+                 "--structure", str(starts), "--out", str(tmp_path / "out")]) == 0
+    tmp_path = tmp_path / "out"
+    for k in (0, 1):
+        for case in ("svr10-cons", "svr10-direct"):
+            xml = (tmp_path / "inputs" / f"{case}-r{k}.xml").read_text()
+            assert f"start-{k:02d}.xyz" in xml
+            assert (tmp_path / "runs" / f"{case}-r{k}" / "audit-run.log").is_file()
+        first = read_structure(tmp_path / "inputs" / "starts" / f"start-{k:02d}.xyz")
+        assert abs(first.positions - frames[k].positions).max() < 1e-6
     nvt = json.loads((tmp_path / "stages" / "nvt.json").read_text())
     assert nvt["replicas"] == 2 and set(nvt["temperatures"]) == {"svr10-cons", "svr10-direct"}
     assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == [

@@ -29,3 +29,37 @@ def test_replicas_differ_by_seed_only_and_study_resumes(tmp_path):
     assert equipartition.main(args) == 0  # finished replicas are not run again
     assert [p.stat().st_mtime for p in logs] == mtimes
     assert equipartition.main(args[:-2] + ["--out", str(tmp_path), "--replicas", "1"]) == 2
+
+
+def test_make_starts_writes_equilibrated_frames_and_each_replica_starts_from_its_own(tmp_path):
+    """--make-starts runs Langevin chains with i-PI and keeps frames after the discard; a
+    replica set on that file starts replica k from frame k (i-PI's first step is the frame)."""
+    from ipi_ncforces.analysis.readers import read_properties
+    from ipi_ncforces.models.ase_calculator import ModelCalculator
+    from ipi_ncforces.models.qtip4pf import QTIP4PF
+    from ipi_ncforces.models.structure_io import read_structure
+
+    starts = tmp_path / "starts.xyz"
+    args = ["--structure", "water16", "--make-starts", str(starts), "--thermostat", "langevin", "--tau-fs", "100",
+            "--replicas", "4", "--jobs", "2", "--discard-ps", "0.01", "--spacing-ps", "0.005", "--out", str(tmp_path)]
+    assert equipartition.main(args) == 0
+    frames = read_structure(starts, ":")
+    assert len(frames) == 4  # 2 chains x 2 frames after the discard
+    start = read_structure(WATER16_XYZ)
+    for atoms in frames:
+        assert len(atoms) == len(start) and atoms.get_chemical_symbols() == start.get_chemical_symbols()
+        assert abs(atoms.cell.volume - start.cell.volume) < 1e-6
+        assert abs(atoms.positions - start.positions).max() > 1e-3  # moved: not the start structure
+    # chains interleaved: frame 1 is chain 1's first frame after the discard (step 30 of 40)
+    chain1 = read_structure(next(tmp_path.glob("starts-*/chain01/sim.pos_0.xyz")), ":")
+    assert [a.info["step"] for a in chain1] == [0, 10, 20, 30, 40]
+    assert abs(frames[1].positions - chain1[3].positions).max() < 1e-4
+    assert abs(frames[0].positions - frames[1].positions).max() > 1e-3  # the chains differ (seeds)
+
+    setup = equipartition.SetUp(total_ps=0.005, structure=starts)
+    dirs = equipartition.run_replicas(setup, 3, tmp_path / "reps", jobs=2)
+    for k, d in enumerate(dirs):
+        first = read_properties(d / "sim.out")["potential"][0]  # eV, step 0
+        atoms = frames[k % 4].copy()
+        atoms.calc = ModelCalculator(QTIP4PF())
+        assert abs(first - atoms.get_potential_energy()) < 1e-4
