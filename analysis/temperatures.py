@@ -278,6 +278,30 @@ def replica_summary(results: list[dict], labels: list[str] | None = None, target
             "estimates": estimates, "time_blocks": time_blocks(results, labels, interval)}
 
 
+def paired_difference(results_a: list[dict], results_b: list[dict], labels: list[str] | None = None) -> dict:
+    """a - b of each temperature (K) over replicas paired by index (replica k of both set-ups
+    started from the same structure): mean of the per-pair differences of the run means, with
+    σ = max(std of the pair differences / sqrt(n), the unpaired block σ of the two means).
+
+    Pairs that share a start share its slow structural memory, which cancels in the
+    difference; ``stderr_unpaired_k`` (the two replica σ in quadrature) is given beside it."""
+    if len(results_a) != len(results_b) or len(results_a) < 2:
+        raise ValueError("a paired difference needs the same number (>= 2) of replicas on both sides")
+    common = set.intersection(*(set(r["temperatures"]) for r in results_a + results_b))
+    labels = [k for k in (labels or _order(common)) if k in common]
+    out = {}
+    for label in labels:
+        a = replica_average([r["series"][label] for r in results_a])
+        b = replica_average([r["series"][label] for r in results_b])
+        pairs = np.array([np.mean(ra["series"][label]) - np.mean(rb["series"][label])
+                          for ra, rb in zip(results_a, results_b)])
+        paired = float(pairs.std(ddof=1) / np.sqrt(len(pairs)))
+        out[label] = {"delta_k": float(pairs.mean()), "err_k": max(paired, float(np.hypot(a.stderr_blocks, b.stderr_blocks))),
+                      "stderr_paired_k": paired, "stderr_unpaired_k": float(np.hypot(a.stderr, b.stderr)),
+                      "n_pairs": len(pairs)}
+    return out
+
+
 def time_blocks(results: list[dict], labels: list[str], interval_ps: float | None, n_blocks: int = 4) -> list[dict]:
     """Replica mean and σ over replicas of each quantity in ``n_blocks`` consecutive time blocks.
 

@@ -232,10 +232,11 @@ def stage_nvt(ctx) -> dict:
     from ipi_ncforces.analysis.diffusion import diffusion_of
     from ipi_ncforces.analysis import rdf
     from ipi_ncforces.analysis.readers import find_run
-    from ipi_ncforces.analysis.temperatures import replica_summary, temperatures_of
+    from ipi_ncforces.analysis.temperatures import paired_difference, replica_summary, temperatures_of
 
     out = {"temperatures": {}, "diffusion": {}, "replicas": ctx.preset.replicas}
     rdfs = {}  # SVR runs: O-O g(r) of replica 0 (plotted, not in the JSON)
+    per_case = {}  # run name -> temperatures_of per replica
     n_rep = ctx.preset.replicas
     starts = _starts(ctx, n_rep)  # replica k of every case starts from frame k: paired NC - C differences
     variants = {(name, k): _variant(f"audit-{name}-r{k}", ctx.preset, forces, ctx.preset.nvt_ps, ctx.seed + k,
@@ -246,6 +247,7 @@ def stage_nvt(ctx) -> dict:
         runs = [find_run(workdirs[f"{name}-r{k}"]) for k in range(n_rep)]
         target = variants[(name, 0)].temperature_k
         per_run = [temperatures_of(run, skip_ps=ctx.preset.skip_ps) for run in runs]
+        per_case[name] = per_run
         if n_rep > 1:  # sigma from the spread between replicas (block sigma as a floor)
             est = replica_summary(per_run, ["T", "T_H", "T_O"])["estimates"]
             out["temperatures"][name] = {label: {"delta_k": e["mean_k"] - target, "err_k": e["stderr_k"],
@@ -270,6 +272,9 @@ def stage_nvt(ctx) -> dict:
     diffs = {}
     for direct, cons in (("svr10-direct", "svr10-cons"), ("svr10-mts", "svr10-cons"), ("lang100-direct", "lang100-cons")):
         if direct not in out["temperatures"] or cons not in out["temperatures"]:
+            continue
+        if n_rep > 1:  # replica k of both cases started from the same frame: paired
+            diffs[f"{direct} - {cons}"] = paired_difference(per_case[direct], per_case[cons], ["T", "T_H", "T_O"])
             continue
         diffs[f"{direct} - {cons}"] = {
             label: {"delta_k": out["temperatures"][direct][label]["delta_k"] - out["temperatures"][cons][label]["delta_k"],

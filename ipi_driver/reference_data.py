@@ -285,7 +285,9 @@ def build_parser() -> argparse.ArgumentParser:
     start.add_argument("--start-structure", type=Path, metavar="XYZ", help="write an equilibrated start box here")
     start.add_argument("--molecules", type=int, default=64, help="water molecules in the start box")
     start.add_argument("--density", type=float, default=DEFAULT_DENSITY_G_CM3, help="density (g/cm^3)")
-    start.add_argument("--equilibrate-ps", type=float, default=3.0, help="ASE Langevin time at 300 K (ps)")
+    start.add_argument("--equilibrate-ps", type=float, default=10.0,
+                       help="ASE Langevin time at 300 K (ps; default 10: a melted lattice of 64 waters is still "
+                       "relaxing after 3 ps, its potential energy falls ~20 meV/molecule over 2-6 ps)")
     return parser
 
 

@@ -101,7 +101,7 @@ def equilibrate(atoms, model, temperature_k: float, time_ps: float, seed: int = 
 
 
 def make_start_structure(
-    out: str | Path, n_molecules: int, seed: int = 0, time_ps: float = 3.0, temperature_k: float = 300.0,
+    out: str | Path, n_molecules: int, seed: int = 0, time_ps: float = 10.0, temperature_k: float = 300.0,
     density_g_cm3: float = DEFAULT_DENSITY_G_CM3, log=print,
 ) -> Path:
     """Build, equilibrate with q-TIP4P/F and write an i-PI xyz start structure."""

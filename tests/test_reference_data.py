@@ -84,3 +84,27 @@ def test_bad_options_fail_with_one_line(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "--structure" in err
     assert main(["--frames", "0"]) == 2
+
+
+def test_shipped_replica_starts_are_distinct_liquid_frames_of_the_water64_box():
+    """inputs/water64-starts.xyz: 16 frames (ASE reads all, i-PI's reader the first), the box
+    of water64.xyz, molecules intact, frames different; water64.xyz is its frame 0."""
+    from ipi.utils.io import read_file
+
+    from ipi_ncforces.inputs import WATER64_STARTS_XYZ, WATER64_XYZ
+
+    frames = ase.io.read(WATER64_STARTS_XYZ, ":")
+    assert len(frames) == 16 and len(read_structure(WATER64_STARTS_XYZ, ":")) == 16
+    with open(WATER64_STARTS_XYZ) as handle:
+        assert read_file("xyz", handle)["atoms"].natoms == 192
+    box = read_structure(WATER64_XYZ)
+    assert np.allclose(box.positions, frames[0].positions, atol=1e-6)
+    for atoms in frames:
+        assert list(atoms.numbers) == [8, 1, 1] * 64
+        assert np.allclose(atoms.cell.array, box.cell.array, atol=1e-6)
+        d = atoms.get_all_distances(mic=True)
+        o = np.arange(0, 192, 3)
+        assert max(atoms.get_distance(i, i + k, mic=True) for i in o for k in (1, 2)) < 1.3  # O-H (A)
+        assert (d[np.ix_(o, o)] + np.eye(64) * 99).min() > 2.3
+    rms = [np.sqrt(np.mean((a.positions - b.positions) ** 2)) for a, b in zip(frames[:-1], frames[1:])]
+    assert min(rms) > 0.5  # Angstrom: a picosecond apart or from another chain
