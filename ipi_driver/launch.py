@@ -39,6 +39,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from dataclasses import dataclass
@@ -304,10 +305,17 @@ def run_jobs(jobs: list[Job], parallel: int = 2, label: str = "runs", on_done=No
     """Run ``jobs`` at most ``parallel`` at a time. Every ``progress_every_s`` one line with
     steps done, steps/s and an ETA; ``on_done(job)`` after each success. On the first failure,
     an interrupt (Ctrl-C) or any error, the running processes are stopped (SIGTERM: i-PI
-    writes its RESTART) and the error propagates: RuntimeError naming the failed job's log."""
+    writes its RESTART) and the error propagates: RuntimeError naming the failed job's log;
+    SIGTERM becomes SystemExit(143) while the pool runs, so a killed pool leaves no orphans."""
     pending = list(jobs)
     running: list[tuple[Job, Process]] = []
     t0 = last = time.monotonic()
+
+    def terminated(signum, frame):  # SIGTERM (kill, batch systems): stop the children too
+        raise SystemExit(128 + signum)
+
+    in_main = threading.current_thread() is threading.main_thread()  # signal handlers live there only
+    previous = signal.signal(signal.SIGTERM, terminated) if in_main else None
     total = sum(j.steps for j in jobs)
     finished_steps = 0
     try:
@@ -338,3 +346,5 @@ def run_jobs(jobs: list[Job], parallel: int = 2, label: str = "runs", on_done=No
     finally:
         for _, proc in running:
             proc.stop()
+        if in_main:
+            signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)

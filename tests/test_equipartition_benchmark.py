@@ -63,3 +63,44 @@ def test_make_starts_writes_equilibrated_frames_and_each_replica_starts_from_its
         atoms = frames[k % 4].copy()
         atoms.calc = ModelCalculator(QTIP4PF())
         assert abs(first - atoms.get_potential_energy()) < 1e-4
+
+
+def _children(pid: int) -> list[int]:
+    """PIDs whose parent is ``pid`` (from /proc)."""
+    from pathlib import Path
+
+    kids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            kids.append(int(stat.parent.name))
+    return kids
+
+
+def test_sigterm_stops_the_pool_and_its_ipi_runs(tmp_path):
+    """A study killed with SIGTERM (kill, a batch system) stops its i-PI children: no orphans."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    cmd = [sys.executable, "-m", "ipi_ncforces.benchmarks.equipartition", "--structure", "water16",
+           "--replicas", "2", "--ps", "20", "--skip-ps", "0.1", "--out", str(tmp_path)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    try:
+        deadline = time.monotonic() + 120
+        while len(list(tmp_path.glob("*/rep*/sim.out"))) < 2 or len(_children(proc.pid)) < 2:
+            assert proc.poll() is None and time.monotonic() < deadline
+            time.sleep(0.2)
+        ipis = _children(proc.pid)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) != 0
+        for pid in ipis:
+            assert not os.path.exists(f"/proc/{pid}"), f"i-PI {pid} outlived the study"
+    finally:
+        proc.kill()
