@@ -67,7 +67,7 @@ PRESETS = {
     "default": Preset("default", WATER64_STARTS_XYZ, nve_ps=2.0, nvt_ps=4.0, skip_ps=0.5, mts_ms=(2, 4, 8), geop_starts=5,
                       geop_max_steps=1000, cost_repeats=10, replicas=4),
     "paper": Preset("paper", WATER64_STARTS_XYZ, nve_ps=20.0, nvt_ps=20.0, skip_ps=2.0, mts_ms=(2, 4, 8, 16), geop_starts=20,
-                    geop_max_steps=1000, cost_repeats=20, replicas=8),
+                    geop_max_steps=1000, cost_repeats=20, replicas=16),
 }
 
 #: The paper's PET numbers (arXiv:2412.11569; ../shared/docs/paper-notes.md).
@@ -460,7 +460,7 @@ def build_parser() -> argparse.ArgumentParser:
     size.add_argument("--paper", action="store_const", const="paper", dest="preset", help="the paper's lengths (for a GPU)")
     p.set_defaults(preset="default")
     p.add_argument("--structure", type=Path, help="system (i-PI xyz or extxyz; default: the preset's water box)")
-    p.add_argument("--replicas", type=int, help="NVT runs per case (default: the preset's: quick 1, default 4, paper 8)")
+    p.add_argument("--replicas", type=int, help="NVT runs per case (default: the preset's: quick 1, default 4, paper 16)")
     p.add_argument("--stages", nargs="+", choices=[s for s, _ in STAGES], default=[s for s, _ in STAGES])
     p.add_argument("--seed", type=int, default=31415, help="velocity / thermostat / geop seed")
     p.add_argument("--threads", type=int, default=1, help="torch threads per process")
