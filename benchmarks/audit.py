@@ -42,6 +42,7 @@ from ipi_ncforces.ipi_driver import launch
 from ipi_ncforces.models import SHIPPED_MODELS_DIR
 
 PROG = "ipi-nc audit"
+REFERENCE = "qtip4pf"  # MODEL keyword: the q-TIP4P/F reference (energy only: a baseline audit)
 
 
 @dataclass(frozen=True)
@@ -148,6 +149,11 @@ def _md_runs(ctx, runs: list[tuple[str, make.Variant]], units_each: float) -> di
     return workdirs
 
 
+def _nvt_cases(ctx) -> tuple:
+    """NVT_CASES the model can run: all for an M model, the conservative ones for energy only."""
+    return NVT_CASES if ctx.has_direct else tuple(c for c in NVT_CASES if c[1] == "conservative")
+
+
 def _starts(ctx, n: int) -> list[Path]:
     """Start structure of replica 0..n-1 (frames of the preset's structure file, see
     :func:`ipi_ncforces.models.structure_io.replica_starts`)."""
@@ -208,8 +214,9 @@ def stage_nve(ctx) -> dict:
     from ipi_ncforces.analysis.drift import drift_of, plot_drift
     from ipi_ncforces.analysis.readers import find_run
 
-    cases = [("nve-cons", "conservative", {}), ("nve-direct", "direct", {})]
-    cases += [(f"nve-mts{m}", "mts", {"mts_m": m}) for m in ctx.preset.mts_ms]
+    cases = [("nve-cons", "conservative", {})]
+    if ctx.has_direct:
+        cases += [("nve-direct", "direct", {})] + [(f"nve-mts{m}", "mts", {"mts_m": m}) for m in ctx.preset.mts_ms]
     variants = {name: _variant(f"audit-{name}", ctx.preset, forces, ctx.preset.nve_ps, ctx.seed, _starts(ctx, 1)[0],
                                **extra)
                 for name, forces, extra in cases}
@@ -222,8 +229,8 @@ def stage_nve(ctx) -> dict:
         results[name]["outer_step_fs"] = v.outer_dt_fs
         drifts.append(d)
     floor = abs(results["nve-cons"]["drift_mev_atom_ps"]) + 3.0 * results["nve-cons"]["drift_err_mev_atom_ps"]
-    flat = [m for m in ctx.preset.mts_ms
-            if abs(results[f"nve-mts{m}"]["drift_mev_atom_ps"]) <= floor + 3.0 * results[f"nve-mts{m}"]["drift_err_mev_atom_ps"]]
+    flat = [m for m in ctx.preset.mts_ms if f"nve-mts{m}" in results
+            and abs(results[f"nve-mts{m}"]["drift_mev_atom_ps"]) <= floor + 3.0 * results[f"nve-mts{m}"]["drift_err_mev_atom_ps"]]
     plot_drift(drifts, ctx.out / "plots" / "nve-drift.png")
     return {"runs": results, "flat_floor_mev_atom_ps": floor, "largest_flat_m": max(flat) if flat else None}
 
@@ -241,9 +248,9 @@ def stage_nvt(ctx) -> dict:
     starts = _starts(ctx, n_rep)  # replica k of every case starts from frame k: paired NC - C differences
     variants = {(name, k): _variant(f"audit-{name}-r{k}", ctx.preset, forces, ctx.preset.nvt_ps, ctx.seed + k,
                                     starts[k], ensemble="nvt", thermostat=thermostat, tau_fs=tau, mts_m=8)
-                for name, forces, thermostat, tau in NVT_CASES for k in range(n_rep)}
+                for name, forces, thermostat, tau in _nvt_cases(ctx) for k in range(n_rep)}
     workdirs = _md_runs(ctx, [(f"{name}-r{k}", v) for (name, k), v in variants.items()], ctx.preset.nvt_ps)
-    for name, forces, thermostat, tau in NVT_CASES:
+    for name, forces, thermostat, tau in _nvt_cases(ctx):
         runs = [find_run(workdirs[f"{name}-r{k}"]) for k in range(n_rep)]
         target = variants[(name, 0)].temperature_k
         per_run = [temperatures_of(run, skip_ps=ctx.preset.skip_ps) for run in runs]
@@ -316,7 +323,8 @@ def stage_geop(ctx) -> dict:
         atoms.write(path, format="extxyz")
         fmax = 1e-5 if system == "gas" else 1e-4  # the paper's thresholds (eV/A)
         study = analyze_study(str(ctx.model), str(path), ctx.out / "geop" / system, ctx.preset.geop_starts, 0.5,
-                              ["LBFGS", "FIRE"], ["conservative", "direct"], fmax, ctx.preset.geop_max_steps, ctx.seed)
+                              ["LBFGS", "FIRE"], ["conservative", "direct"] if ctx.has_direct else ["conservative"],
+                              fmax, ctx.preset.geop_max_steps, ctx.seed)
         out[system] = [{k: c[k] for k in ("optimizer", "forces", "n_starts", "success_rate", "success_rate_err")}
                        for c in study["cases"]]
         ctx.progress.step(1.0, f"geometry optimisation, {system}")
@@ -340,6 +348,9 @@ def _pm(value, err, digits: int = 2) -> str:
 
 def recommendation(results: dict) -> str:
     nve, cost = results.get("nve"), results.get("cost")
+    if nve and "nve-direct" not in nve["runs"]:
+        return ("energy-only model: a baseline audit (conservative forces only); every deviation above is the "
+                "set-up's floor, not a direct-force artifact")
     if not nve or not cost:
         return "no recommendation (NVE or cost stage missing)"
     m = nve["largest_flat_m"]
@@ -369,8 +380,9 @@ def sections(results: dict) -> list[tuple[str, list[str], list[list[str]], list[
         rows = [[name, f"{r['outer_step_fs']:g}", _pm(r["drift_mev_atom_ps"], r["drift_err_mev_atom_ps"], 4),
                  _pm(r["heating_k_ps"], r["heating_err_k_ps"])] for name, r in n["runs"].items()]
         out.append(("NVE", ["run", "outer step (fs)", "drift (meV/atom/ps)", "heating (K/ps)"], rows,
-                    [f"Paper: PET-NC heats at {PAPER['nve_heating_direct_k_ps']:g} K/ps; PET-C and MTS M=8 stay flat.",
-                     f"Largest flat M: {n['largest_flat_m']} (|drift| <= |conservative drift| + 3 sigma of both)."]))
+                    [f"Paper: PET-NC heats at {PAPER['nve_heating_direct_k_ps']:g} K/ps; PET-C and MTS M=8 stay flat."]
+                    + ([f"Largest flat M: {n['largest_flat_m']} (|drift| <= |conservative drift| + 3 sigma of both)."]
+                       if "nve-direct" in n["runs"] else [])))
     if "nvt" in results:
         t = results["nvt"]
         rows = []
@@ -384,10 +396,13 @@ def sections(results: dict) -> list[tuple[str, list[str], list[list[str]], list[
         out.append(("NVT temperatures (deviation from the target, K)", ["run", "ΔT", "ΔT_H", "ΔT_O", "paper PET ΔT / ΔT_H / ΔT_O"], rows,
                     [f"sigma: spread of {t['replicas']} replicas (seeds seed..seed+{t['replicas'] - 1}), the block sigma as a floor"
                      if t.get("replicas", 1) > 1 else
-                     "sigma: block averaging of ONE run, about 2x too small for T_H/T_O (README, replica error bars); use --replicas 4 or more"]))
+                     "sigma: block averaging of ONE run, 3-5x too small for T_H/T_O (README, replica error bars); use --replicas 4 or more"]))
         rows = [[pair, *[_pm(d.get(k, {}).get("delta_k"), d.get(k, {}).get("err_k"), 1) for k in ("T", "T_H", "T_O")]]
                 for pair, d in t["differences"].items()]
-        out.append(("Artifact: same thermostat, direct or MTS minus conservative (K)", ["runs", "ΔT", "ΔT_H", "ΔT_O"], rows, []))
+        if rows:
+            out.append(("Artifact: same thermostat, direct or MTS minus conservative (K)", ["runs", "ΔT", "ΔT_H", "ΔT_O"], rows,
+                        ["Replica k of both runs starts from the same frame: σ from the spread of the paired differences."
+                         if t.get("replicas", 1) > 1 else "One run each: σ from block averaging (too small)."]))
         rows = [[name, _pm(d.get("d_1e5_cm2_s"), d.get("d_err_1e5_cm2_s")), _pm(d.get("d_inf_1e5_cm2_s"), None)]
                 for name, d in t["diffusion"].items()]
         rows += [[pair, _pm(r["ratio"], r["err"]), "ratio"] for pair, r in t["diffusion_ratios"].items()]
@@ -440,20 +455,24 @@ def write_report(out: Path, meta: dict, results: dict) -> dict[str, Path]:
 
 
 class _Context:
-    def __init__(self, model: Path, out: Path, preset: Preset, seed: int, threads: int, jobs: int, progress: Progress):
+    def __init__(self, model: Path, out: Path, preset: Preset, seed: int, threads: int, jobs: int, progress: Progress,
+                 has_direct: bool = True):
         self.model, self.out, self.preset, self.seed, self.threads, self.progress = model, out, preset, seed, threads, progress
-        self.jobs = jobs
+        self.jobs, self.has_direct = jobs, has_direct
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog=PROG,
         description=("Run the paper's battery of direct-force checks on MODEL (ours or metatomic, with an energy and "
-                     "a direct head) and write OUT/audit.md, audit.html and audit.json. Rerun the same command to "
+                     "a direct head) and write OUT/audit.md, audit.html and audit.json. An energy-only model (or "
+                     "'qtip4pf', the exactly conservative reference) gets a baseline audit: the conservative runs only, "
+                     "whose deviations are the floor of the measurement. Rerun the same command to "
                      "continue: finished stages and MD runs are kept."),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("model", type=Path, nargs="?", default=SHIPPED_MODELS_DIR / "water-m.pt", help="model file")
+    p.add_argument("model", type=Path, nargs="?", default=SHIPPED_MODELS_DIR / "water-m.pt",
+                   help=f"model file, or '{REFERENCE}' for the q-TIP4P/F reference")
     p.add_argument("--out", type=Path, default=Path("audit-out"), help="output folder")
     size = p.add_mutually_exclusive_group()
     size.add_argument("--quick", action="store_const", const="quick", dest="preset", help="minutes: a smoke test on 16 waters")
@@ -481,8 +500,18 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{PROG}: --replicas must be at least 1", file=sys.stderr)
             return 2
         preset = Preset(**{**asdict(preset), "replicas": args.replicas})
+    out = args.out.resolve()
+    if str(args.model) == REFERENCE:  # the exactly conservative q-TIP4P/F reference, saved under OUT
+        from ipi_ncforces.models.io import save_model
+        from ipi_ncforces.models.qtip4pf import QTIP4PF
+
+        args.model = out / "qtip4pf-reference.pt"
+        if not args.model.is_file():
+            out.mkdir(parents=True, exist_ok=True)
+            save_model(QTIP4PF(), args.model, {"note": "q-TIP4P/F reference for ipi-nc audit"})
     if not args.model.is_file():
-        print(f"{PROG}: model file '{args.model}' does not exist", file=sys.stderr)
+        print(f"{PROG}: model file '{args.model}' does not exist (or use '{REFERENCE}' for the q-TIP4P/F reference)",
+              file=sys.stderr)
         return 2
     from ipi_ncforces.models.io import ModelFileError
     from ipi_ncforces.models.loader import model_heads
@@ -492,22 +521,24 @@ def main(argv: list[str] | None = None) -> int:
     except ModelFileError as exc:
         print(f"{PROG}: {exc}", file=sys.stderr)
         return 2
-    if set(heads) != {"energy", "direct"}:
-        print(f"{PROG}: model '{args.model}' has heads {list(heads)}; the audit needs an energy and a direct head (an M model)",
-              file=sys.stderr)
+    if "energy" not in heads:
+        print(f"{PROG}: model '{args.model}' has heads {list(heads)}; the audit needs an energy head (an M model for "
+              "the direct-force artifacts, or an energy-only model for a baseline audit)", file=sys.stderr)
         return 2
-    out = args.out.resolve()
+    has_direct = "direct" in heads
+    stages = [s for s in args.stages if has_direct or s != "cost"]  # F needs both heads
     (out / "stages").mkdir(parents=True, exist_ok=True)
     (out / "plots").mkdir(parents=True, exist_ok=True)
-    units = {"jacobian": 0.05, "cost": 0.05, "nve": preset.nve_ps * (2 + len(preset.mts_ms)),
-             "nvt": preset.nvt_ps * len(NVT_CASES) * preset.replicas, "geop": 2.0}
-    todo = [s for s, _ in STAGES if s in args.stages and not (out / "stages" / f"{s}.json").is_file()]
+    n_nvt = len(NVT_CASES) if has_direct else sum(c[1] == "conservative" for c in NVT_CASES)
+    units = {"jacobian": 0.05, "cost": 0.05, "nve": preset.nve_ps * ((2 + len(preset.mts_ms)) if has_direct else 1),
+             "nvt": preset.nvt_ps * n_nvt * preset.replicas, "geop": 2.0}
+    todo = [s for s, _ in STAGES if s in stages and not (out / "stages" / f"{s}.json").is_file()]
     progress = Progress(sum(units[s] for s in todo) or 1.0)
-    ctx = _Context(args.model.resolve(), out, preset, args.seed, args.threads, max(1, args.jobs), progress)
+    ctx = _Context(args.model.resolve(), out, preset, args.seed, args.threads, max(1, args.jobs), progress, has_direct)
     t0 = time.monotonic()
     results = {}
     for name, func in STAGES:
-        if name not in args.stages:
+        if name not in stages:
             continue
         path = out / "stages" / f"{name}.json"
         if path.is_file():

@@ -56,11 +56,28 @@ def test_rerun_keeps_finished_stages(quick_audit, capsys):
     assert (quick_audit / "stages" / "nve.json").read_text() == before
 
 
-def test_one_head_model_is_refused_with_one_line(tmp_path, capsys):
-    assert main([str(SHIPPED_MODELS_DIR / "water-c.pt"), "--quick", "--out", str(tmp_path)]) == 2
+def test_direct_only_model_is_refused_with_one_line(tmp_path, capsys):
+    assert main([str(SHIPPED_MODELS_DIR / "water-nc.pt"), "--quick", "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "water-c.pt" in err[0] and "direct head" in err[0]
+    assert len(err) == 1 and "water-nc.pt" in err[0] and "energy head" in err[0]
     assert main([str(tmp_path / "none.pt"), "--quick", "--out", str(tmp_path)]) == 2
+
+
+@pytest.mark.slow
+def test_reference_gets_a_baseline_audit_of_conservative_runs_only(tmp_path):
+    """`ipi-nc audit qtip4pf --quick`: the exactly conservative reference runs the conservative
+    cases only (no cost stage, no direct/MTS runs) and shows no artifact: lambda ~ 0, no drift."""
+    assert main(["qtip4pf", "--quick", "--out", str(tmp_path)]) == 0
+    report = json.loads((tmp_path / "audit.json").read_text())
+    results = report["results"]
+    assert set(results) == {"jacobian", "nve", "nvt", "geop"}
+    assert set(results["jacobian"]) == {"conservative"} and results["jacobian"]["conservative"]["lambda"] < 1e-10
+    assert set(results["nve"]["runs"]) == {"nve-cons"}
+    assert abs(results["nve"]["runs"]["nve-cons"]["drift_mev_atom_ps"]) < 1.0
+    assert set(results["nvt"]["temperatures"]) == {"svr10-cons", "lang100-cons"} and results["nvt"]["differences"] == {}
+    assert {c["forces"] for cases in results["geop"].values() for c in cases} == {"conservative"}
+    assert "baseline audit" in report["recommendation"]
+    assert "Cost of conservation" not in (tmp_path / "audit.md").read_text()
 
 
 @pytest.mark.slow
