@@ -61,6 +61,11 @@ def _parser() -> argparse.ArgumentParser:
         "--replicas", action="store_true",
         help="the RUNs are independent replicas of ONE set-up (different seeds): also report the replica mean "
              "with σ from the spread between replicas, next to the block σ of one run")
+    parsers["temperatures"].add_argument(
+        "--minus", nargs="+", metavar="RUN", default=None,
+        help="with --replicas: replicas of a second set-up, paired with the RUNs by order (replica k of both "
+             "started from the same structure): also report RUNs - these, with σ from the paired differences "
+             "(e.g. direct minus conservative at the same dt and thermostat: the artifact)")
     parsers["temperatures"].add_argument("--target-err", type=float, default=1.5, metavar="K",
                                          help="with --replicas: σ wanted (K) for the run-length estimate (default 1.5)")
     parsers["temperatures"].add_argument("--source", choices=("auto", "properties", "velocities"), default="auto",
@@ -130,8 +135,11 @@ def run(args: argparse.Namespace) -> dict:
     if what == "drift":
         return module.analyze(runs, out, args.natoms, args.skip_ps, args.windows)
     if what == "temperatures" and args.replicas:
+        minus = [find_run(r) for r in args.minus] if args.minus else None
         return module.analyze_replicas(runs, out, args.target, args.skip_ps, args.source, args.timestep_fs,
-                                       args.target_err)
+                                       args.target_err, minus)
+    if what == "temperatures" and args.minus:
+        raise AnalysisInputError("--minus needs --replicas (paired replicas of two set-ups)")
     if what == "temperatures":
         return module.analyze(runs, out, args.target, args.skip_ps, args.source, args.timestep_fs)
     if what == "spectrum":

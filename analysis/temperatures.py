@@ -335,12 +335,16 @@ def time_block_table(blocks: list[dict], labels: list[str], target_k: float | No
 
 
 def analyze_replicas(runs: list[RunFiles], out: Path, target_k: float | None = None, skip_ps: float = 0.0,
-                     source: str = "auto", timestep_fs: float | None = None, target_err_k: float = 1.5) -> dict:
+                     source: str = "auto", timestep_fs: float | None = None, target_err_k: float = 1.5,
+                     minus: list[RunFiles] | None = None) -> dict:
     """Runs = independent replicas of ONE set-up (different seeds): per-run table plus the
     replica mean of T, T_H, T_O with σ from the spread between replicas (stats.replica_average).
-    Writes temperatures.json/.md/.png. Returns the report data."""
+    ``minus``: replicas of a second set-up paired with ``runs`` by order; adds runs - minus
+    (:func:`paired_difference`). Writes temperatures.json/.md/.png. Returns the report data."""
     if len(runs) < 2:
         raise AnalysisInputError("--replicas needs at least 2 runs of the same set-up")
+    if minus is not None and len(minus) != len(runs):
+        raise AnalysisInputError(f"--minus needs as many runs as the replicas ({len(minus)} given, {len(runs)} replicas)")
     results = [temperatures_of(r, skip_ps, source, timestep_fs) for r in runs]
     per_run, labels = table(results, target_k)
     main = [k for k in labels if not k.startswith(("T_nm", "T_bead"))]
@@ -356,6 +360,15 @@ def analyze_replicas(runs: list[RunFiles], out: Path, target_k: float | None = N
           + "\n\nReplica mean per time block (a trend larger than σ = equilibration not finished):\n\n"
           + time_block_table(summary["time_blocks"], main, target_k)
           + "\n\nPer run (block-averaging σ):\n\n" + per_run)
+    paired = None
+    if minus is not None:
+        others = [temperatures_of(r, skip_ps, source, timestep_fs) for r in minus]
+        warnings += [w for r in others for w in r.pop("warnings")]
+        paired = paired_difference(results, others, main)
+        rows = [[k, f"{d['delta_k']:+.2f}", f"{d['err_k']:.2f}", f"{d['stderr_paired_k']:.2f}", f"{d['stderr_unpaired_k']:.2f}"]
+                for k, d in paired.items()]
+        md += (f"\n\nPaired difference, these runs minus the --minus runs ({len(runs)} pairs, replica k with replica k):\n\n"
+               + markdown_table(["quantity", "Δ (K)", "σ (K)", "σ paired (K)", "σ unpaired (K)"], rows))
     png = plot(results, labels, Path(out) / "temperatures.png", target_k)
     notes = ["spread of one run: standard deviation of the run means between replicas (the true error of one "
              "run's mean); block σ of one run: rms of the block-averaging errors the runs report. A ratio "
@@ -366,4 +379,6 @@ def analyze_replicas(runs: list[RunFiles], out: Path, target_k: float | None = N
              "runs longer than the slowest correlation time (otherwise a lower bound)."]
     data = {"what": "temperatures", "units": "K", "target_k": target_k, "skip_ps": skip_ps, "replicas": summary,
             "runs": results, "plots": [png.name]}
+    if paired is not None:
+        data["paired_difference"] = {"minus": [str(r.prefix) for r in minus], **paired}
     return write_report(out, "temperatures", data, md, warnings, notes)

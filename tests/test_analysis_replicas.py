@@ -128,6 +128,25 @@ def test_cli_replicas_reports_replica_sigma(tmp_path, write_properties, experime
     assert "σ replicas (K)" in md and "| T_O |" in md and "| rep0 |" in md
     assert analyze_main(["temperatures", runs[0], "--replicas", "--out", str(out)]) == 2
 
+    # --minus: a second set-up sharing each replica's slow part (same start), T_O 4 K higher
+    others = []
+    for k, series in enumerate(experiments[0]):
+        d = tmp_path / f"other{k}"
+        d.mkdir()
+        write_properties(d / "sim.out", {"step": np.arange(N), "time{picosecond}": t,
+                                         "temperature{kelvin}": 300.0 + series / 3,
+                                         "temperature(H){kelvin}": 305.0 + series,
+                                         "temperature(O){kelvin}": 294.0 - series + experiments[1][k] / 10})
+        others.append(str(d))
+    assert analyze_main(["temperatures", *runs, "--replicas", "--minus", *others, "--out", str(out)]) == 0
+    paired = json.loads((out / "temperatures.json").read_text())["paired_difference"]
+    assert paired["T_O"]["delta_k"] == pytest.approx(-4.0 - np.mean([s.mean() for s in experiments[1][:8]]) / 10)
+    assert paired["T_H"]["delta_k"] == pytest.approx(0.0, abs=1e-9)
+    assert paired["T_O"]["stderr_paired_k"] < paired["T_O"]["stderr_unpaired_k"] / 3
+    assert "Paired difference" in (out / "temperatures.md").read_text()
+    assert analyze_main(["temperatures", *runs, "--replicas", "--minus", *others[:3], "--out", str(out)]) == 2
+    assert analyze_main(["temperatures", *runs, "--minus", *others, "--out", str(out)]) == 2
+
 
 def test_time_blocks_show_a_trend_shared_by_replicas():
     """Replicas that all relax from +20 K to 0 (equilibration not finished) show it block by block,
