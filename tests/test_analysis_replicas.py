@@ -104,16 +104,19 @@ def test_cli_replicas_reports_replica_sigma(tmp_path, write_properties, experime
     """``ipi-nc analyze temperatures RUN... --replicas --target 300`` writes the replica summary:
     the mean of the run means, σ = spread / sqrt(n), block σ and their ratio, and a run length
     for the σ wanted; fewer than 2 runs is an input error (exit 2)."""
-    runs = []
-    t = np.arange(N) * 1e-3  # ps
-    for k, series in enumerate(experiments[0]):
-        d = tmp_path / f"rep{k}"
-        d.mkdir()
-        write_properties(d / "sim.out", {"step": np.arange(N), "time{picosecond}": t,
-                                         "temperature{kelvin}": 300.0 + series / 3,
-                                         "temperature(H){kelvin}": 305.0 + series,
-                                         "temperature(O){kelvin}": 290.0 - series})
-        runs.append(str(d))
+    def replica_set(name: str, t_o: list[np.ndarray]) -> list[str]:
+        """One run per series of experiments[0] (T, T_H from it) with the given T_O series (K)."""
+        dirs = []
+        for k, (series, o) in enumerate(zip(experiments[0], t_o)):
+            d = tmp_path / f"{name}{k}"
+            d.mkdir()
+            write_properties(d / "sim.out", {"step": np.arange(N), "time{picosecond}": np.arange(N) * 1e-3,
+                                             "temperature{kelvin}": 300.0 + series / 3,
+                                             "temperature(H){kelvin}": 305.0 + series, "temperature(O){kelvin}": o})
+            dirs.append(str(d))
+        return dirs
+
+    runs = replica_set("rep", [290.0 - s for s in experiments[0]])
     out = tmp_path / "report"
     assert analyze_main(["temperatures", *runs, "--replicas", "--target", "300", "--out", str(out)]) == 0
     data = json.loads((out / "temperatures.json").read_text())
@@ -129,15 +132,7 @@ def test_cli_replicas_reports_replica_sigma(tmp_path, write_properties, experime
     assert analyze_main(["temperatures", runs[0], "--replicas", "--out", str(out)]) == 2
 
     # --minus: a second set-up sharing each replica's slow part (same start), T_O 4 K higher
-    others = []
-    for k, series in enumerate(experiments[0]):
-        d = tmp_path / f"other{k}"
-        d.mkdir()
-        write_properties(d / "sim.out", {"step": np.arange(N), "time{picosecond}": t,
-                                         "temperature{kelvin}": 300.0 + series / 3,
-                                         "temperature(H){kelvin}": 305.0 + series,
-                                         "temperature(O){kelvin}": 294.0 - series + experiments[1][k] / 10})
-        others.append(str(d))
+    others = replica_set("other", [294.0 - s + e / 10 for s, e in zip(experiments[0], experiments[1])])
     assert analyze_main(["temperatures", *runs, "--replicas", "--minus", *others, "--out", str(out)]) == 0
     paired = json.loads((out / "temperatures.json").read_text())["paired_difference"]
     assert paired["T_O"]["delta_k"] == pytest.approx(-4.0 - np.mean([s.mean() for s in experiments[1][:8]]) / 10)
