@@ -86,8 +86,7 @@ def replica_starts(path: str | Path, n: int, directory: str | Path) -> list[Path
     starts = []
     for k in range(n):
         target = Path(directory) / f"start-{k:02d}.xyz"
-        if not target.is_file():
-            write_ipi_xyz(frames[k % len(frames)], target)
+        write_ipi_xyz(frames[k % len(frames)], target)  # rewritten every time: never a stale frame
         starts.append(target.resolve())
     return starts
 
