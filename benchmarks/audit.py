@@ -37,12 +37,12 @@ from pathlib import Path
 
 import numpy as np
 
+from ipi_ncforces.benchmarks.common import REFERENCE, model_file_or_reference
 from ipi_ncforces.inputs import WATER16_XYZ, WATER64_STARTS_XYZ, make
 from ipi_ncforces.ipi_driver import launch
 from ipi_ncforces.models import SHIPPED_MODELS_DIR
 
 PROG = "ipi-nc audit"
-REFERENCE = "qtip4pf"  # MODEL keyword: the q-TIP4P/F reference (energy only: a baseline audit)
 
 
 @dataclass(frozen=True)
@@ -217,8 +217,8 @@ def stage_nve(ctx) -> dict:
     cases = [("nve-cons", "conservative", {})]
     if ctx.has_direct:
         cases += [("nve-direct", "direct", {})] + [(f"nve-mts{m}", "mts", {"mts_m": m}) for m in ctx.preset.mts_ms]
-    variants = {name: _variant(f"audit-{name}", ctx.preset, forces, ctx.preset.nve_ps, ctx.seed, _starts(ctx, 1)[0],
-                               **extra)
+    start = _starts(ctx, 1)[0]  # frame 0 of the preset's structure
+    variants = {name: _variant(f"audit-{name}", ctx.preset, forces, ctx.preset.nve_ps, ctx.seed, start, **extra)
                 for name, forces, extra in cases}
     workdirs = _md_runs(ctx, list(variants.items()), ctx.preset.nve_ps)
     results, drifts = {}, []
@@ -501,17 +501,10 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         preset = Preset(**{**asdict(preset), "replicas": args.replicas})
     out = args.out.resolve()
-    if str(args.model) == REFERENCE:  # the exactly conservative q-TIP4P/F reference, saved under OUT
-        from ipi_ncforces.models.io import save_model
-        from ipi_ncforces.models.qtip4pf import QTIP4PF
-
-        args.model = out / "qtip4pf-reference.pt"
-        if not args.model.is_file():
-            out.mkdir(parents=True, exist_ok=True)
-            save_model(QTIP4PF(), args.model, {"note": "q-TIP4P/F reference for ipi-nc audit"})
-    if not args.model.is_file():
-        print(f"{PROG}: model file '{args.model}' does not exist (or use '{REFERENCE}' for the q-TIP4P/F reference)",
-              file=sys.stderr)
+    try:  # 'qtip4pf': the exactly conservative reference, saved under OUT
+        args.model = model_file_or_reference(args.model, out, "MODEL")
+    except FileNotFoundError as exc:
+        print(f"{PROG}: {exc}", file=sys.stderr)
         return 2
     from ipi_ncforces.models.io import ModelFileError
     from ipi_ncforces.models.loader import model_heads

@@ -27,6 +27,26 @@ from ipi_ncforces.inputs import WATER64_XYZ as WATER64
 from ipi_ncforces.models import SHIPPED_MODELS_DIR
 
 SHIPPED_M_MODEL = SHIPPED_MODELS_DIR / "water-m.pt"
+REFERENCE = "qtip4pf"  # model keyword: the q-TIP4P/F reference potential (energy only), saved as a model file
+
+
+def model_file_or_reference(model_arg: str | Path, work: Path, option: str) -> Path:
+    """The model file a model argument names: the keyword ``'qtip4pf'`` gives the q-TIP4P/F
+    reference, saved once as work/qtip4pf-reference.pt; anything else must be an existing
+    file (FileNotFoundError naming ``option`` otherwise). Returns an absolute path."""
+    if str(model_arg) == REFERENCE:
+        from ipi_ncforces.models.io import save_model
+        from ipi_ncforces.models.qtip4pf import QTIP4PF
+
+        target = Path(work) / "qtip4pf-reference.pt"
+        if not target.is_file():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            save_model(QTIP4PF(), target, {"note": "q-TIP4P/F reference"})
+        return target.resolve()
+    path = Path(model_arg)
+    if not path.is_file():
+        raise FileNotFoundError(f"model file '{path}' does not exist ({option}; or use '{REFERENCE}')")
+    return path.resolve()
 # 192 atoms = the 64-molecule box; 1536 and 12288 = 2x2x2 and 4x4x4 replicas
 SIZES_ATOMS = (192, 1536, 12288)
 REPLICAS_FOR_SIZE = {192: 1, 1536: 2, 12288: 4}

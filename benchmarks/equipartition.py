@@ -31,11 +31,11 @@ from pathlib import Path
 
 from ipi_ncforces.analysis.readers import AnalysisInputError, find_run
 from ipi_ncforces.analysis.temperatures import analyze_replicas
+from ipi_ncforces.benchmarks.common import REFERENCE, model_file_or_reference
 from ipi_ncforces.inputs import WATER16_XYZ, WATER64_XYZ, make
 from ipi_ncforces.ipi_driver import launch
 from ipi_ncforces.ipi_driver.runner import PES_PATH
 
-REFERENCE = "qtip4pf"  # --potential keyword: the q-TIP4P/F reference potential
 FIRST_SEED = 1001  # replica k gets FIRST_SEED + 7919 k (far apart, reproducible)
 STRUCTURES = {"water64": WATER64_XYZ, "water16": WATER16_XYZ}
 PROPERTIES = ("[ step, time{picosecond}, conserved{electronvolt}, temperature{kelvin}, temperature{kelvin}(H), "
@@ -75,19 +75,7 @@ def replica_seed(k: int) -> int:
 
 def model_file(setup: SetUp, work: Path) -> Path:
     """The model file i-PI loads: the reference saved under ``work``, or the given file."""
-    if setup.potential != REFERENCE:
-        path = Path(setup.potential)
-        if not path.is_file():
-            raise FileNotFoundError(f"model file '{path}' does not exist (--potential; or use '{REFERENCE}')")
-        return path.resolve()
-    target = work / "qtip4pf-reference.pt"
-    if not target.is_file():
-        from ipi_ncforces.models.io import save_model
-        from ipi_ncforces.models.qtip4pf import QTIP4PF
-
-        work.mkdir(parents=True, exist_ok=True)
-        save_model(QTIP4PF(), target, {"note": "equipartition study reference"})
-    return target.resolve()
+    return model_file_or_reference(setup.potential, work, "--potential")
 
 
 def replica_variant(setup: SetUp, k: int, model: Path, structure: Path | None = None) -> make.Variant:
@@ -261,22 +249,15 @@ def main(argv: list[str] | None = None) -> int:
     if not Path(structure).is_file():
         print(f"equipartition: structure '{args.structure}' not found (--structure)", file=sys.stderr)
         return 2
-    if args.make_starts is not None:
-        setup = SetUp(potential=(args.potential or [REFERENCE])[0], forces=args.forces, thermostat=args.thermostat,
-                      tau_fs=args.tau_fs, dt_fs=args.dt_fs, temperature_k=args.temperature, structure=Path(structure))
-        per_chain = -(-args.replicas // args.jobs)
-        try:
-            make_starts(setup, args.make_starts, args.jobs, per_chain, args.discard_ps, args.spacing_ps,
-                        Path(args.out), args.jobs)
-        except (FileNotFoundError, make.VariantError, AnalysisInputError, RuntimeError) as exc:
-            print(f"equipartition: {exc}", file=sys.stderr)
-            return 1
-        return 0
     setups = [SetUp(potential=p, forces=args.forces, thermostat=args.thermostat, tau_fs=args.tau_fs,
                     dt_fs=args.dt_fs, temperature_k=args.temperature, total_ps=args.ps, structure=Path(structure))
               for p in (args.potential or [REFERENCE])]
     try:
-        study(setups, args.replicas, Path(args.out), args.skip_ps, args.jobs)
+        if args.make_starts is not None:  # chains of the first set-up, as many frames as replicas
+            make_starts(setups[0], args.make_starts, args.jobs, -(-args.replicas // args.jobs), args.discard_ps,
+                        args.spacing_ps, Path(args.out), args.jobs)
+        else:
+            study(setups, args.replicas, Path(args.out), args.skip_ps, args.jobs)
     except (FileNotFoundError, make.VariantError, AnalysisInputError) as exc:
         print(f"equipartition: {exc}", file=sys.stderr)
         return 2
@@ -284,7 +265,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"equipartition: {exc}", file=sys.stderr)
         return 1
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -29,9 +29,9 @@ from pathlib import Path
 
 import numpy as np
 
+from ipi_ncforces.benchmarks.common import REFERENCE, model_file_or_reference
 from ipi_ncforces.ipi_driver import launch
 
-REFERENCE = "qtip4pf"  # --model keyword: the q-TIP4P/F reference potential (saved to a .pt here)
 TRANSPORTS = ("socket", "ffdirect")
 PROPERTIES = "[ step, time{picosecond}, temperature{kelvin}, potential{electronvolt} ]"
 PROPERTIES_STRIDE = 10  # steps between properties rows (the step counter the sampler reads)
@@ -118,14 +118,6 @@ def last_step(properties: Path) -> int:
 
 
 # --------------------------------------------------------------------------- run
-
-
-def reference_model(work: Path) -> Path:
-    """The q-TIP4P/F reference saved as a model file under ``work``."""
-    from ipi_ncforces.models.io import save_model
-    from ipi_ncforces.models.qtip4pf import QTIP4PF
-
-    return save_model(QTIP4PF(), Path(work) / "qtip4pf-reference.pt", {"note": "soak benchmark"})
 
 
 def write_input(work: Path, structure: Path, steps: int, transport: str, label: str) -> Path:
@@ -317,12 +309,8 @@ def plot(runs: dict[str, list[Sample]], path: Path) -> Path:
 
 def resolve(model_arg: str, work: Path) -> tuple[Path, str]:
     """(model file, label) for a --model value: a .pt path or the keyword 'qtip4pf'."""
-    if model_arg == REFERENCE:
-        return reference_model(work).resolve(), REFERENCE
-    path = Path(model_arg)
-    if not path.is_file():
-        raise FileNotFoundError(f"model file '{path}' does not exist (--model; or use '{REFERENCE}')")
-    return path.resolve(), path.stem
+    path = model_file_or_reference(model_arg, work, "--model")
+    return path, REFERENCE if model_arg == REFERENCE else path.stem
 
 
 def soak_all(
