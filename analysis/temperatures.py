@@ -283,8 +283,10 @@ def paired_difference(results_a: list[dict], results_b: list[dict], labels: list
     started from the same structure): mean of the per-pair differences of the run means, with
     σ = max(std of the pair differences / sqrt(n), the unpaired block σ of the two means).
 
-    Pairs that share a start share its slow structural memory, which cancels in the
-    difference; ``stderr_unpaired_k`` (the two replica σ in quadrature) is given beside it."""
+    What the two runs of a pair share (the start's structure and, for equal seeds, the first
+    velocities) cancels in the difference while they stay correlated; where they decorrelate
+    quickly (direct vs conservative water-m: within ~1 ps) the paired σ is no smaller than
+    ``stderr_unpaired_k`` (the two replica σ in quadrature), which is given beside it."""
     if len(results_a) != len(results_b) or len(results_a) < 2:
         raise ValueError("a paired difference needs the same number (>= 2) of replicas on both sides")
     common = set.intersection(*(set(r["temperatures"]) for r in results_a + results_b))

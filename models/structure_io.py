@@ -17,12 +17,24 @@ import numpy as np
 
 def write_ipi_xyz(atoms, path: str | Path) -> Path:
     """Write ``atoms`` in i-PI's xyz format (cell abcABC in the comment line, Angstrom)."""
+    return write_ipi_xyz_frames([atoms], path)
+
+
+def write_ipi_xyz_frames(frames, path: str | Path) -> Path:
+    """Write several ase.Atoms one after another in i-PI's xyz format (Angstrom)."""
     path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(_ipi_xyz_frame(atoms) for atoms in frames))
+    return path
+
+
+def _ipi_xyz_frame(atoms) -> str:
+    """One i-PI xyz frame: count, comment with CELL(abcABC) and an extxyz Lattice=, atoms."""
+    from ase.geometry import cellpar_to_cell
+
     a, b, c, alpha, beta, gamma = atoms.cell.cellpar()
     # i-PI parses CELL(abcABC) and the units; ASE's extxyz reader parses Lattice/pbc from the
     # same line (i-PI's cell convention: a along x, b in the xy plane, as ASE's Lattice here)
-    from ase.geometry import cellpar_to_cell
-
     lattice = cellpar_to_cell([a, b, c, alpha, beta, gamma])
     lattice[np.abs(lattice) < 1e-12] = 0.0
     lines = [
@@ -34,9 +46,7 @@ def write_ipi_xyz(atoms, path: str | Path) -> Path:
     ]
     for symbol, (x, y, z) in zip(atoms.get_chemical_symbols(), atoms.positions):
         lines.append(f"{symbol:2s} {x:15.8f} {y:15.8f} {z:15.8f}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(lines) + "\n")
-    return path
+    return "\n".join(lines) + "\n"
 
 
 def read_structure(path: str | Path, index: int | str | slice = 0):
@@ -89,20 +99,6 @@ def replica_starts(path: str | Path, n: int, directory: str | Path) -> list[Path
         write_ipi_xyz(frames[k % len(frames)], target)  # rewritten every time: never a stale frame
         starts.append(target.resolve())
     return starts
-
-
-def write_ipi_xyz_frames(frames, path: str | Path) -> Path:
-    """Write several ase.Atoms one after another in i-PI's xyz format (Angstrom)."""
-    import tempfile
-
-    path = Path(path)
-    parts = []
-    with tempfile.TemporaryDirectory() as tmp:
-        for atoms in frames:
-            parts.append(write_ipi_xyz(atoms, Path(tmp) / "frame.xyz").read_text())
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(parts))
-    return path
 
 
 def _ipi_xyz_frames(path: Path, handle):
