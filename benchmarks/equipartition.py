@@ -3,13 +3,15 @@
 One command repeats the measurement of issue 13 ("Trustworthy artifact numbers")::
 
     nice -n 19 python -m ipi_ncforces.benchmarks.equipartition --potential qtip4pf \\
-        --replicas 8 --ps 4 --skip-ps 0.5 --out runs/equipartition
+        --replicas 8 --ps 4 --skip-ps 0.5 --structure inputs/water64-starts.xyz --out runs/equipartition
 
 or ``ipi-nc bench --only equipartition`` (a short version on the bench model and the
 reference). Each replica is one i-PI run (``<ffdirect>`` with ``ipi_driver/pes.py``, the
 model inside i-PI, one thread) with its own seed, which sets both the Maxwell-Boltzmann
-start velocities and the thermostat noise; all start from the same structure, so the
-first ``--skip-ps`` ps are discarded. Inputs come from :mod:`ipi_ncforces.inputs.make`,
+start velocities and the thermostat noise. Replica k starts from frame k of ``--structure``
+(one equilibrated frame each, e.g. inputs/water64-starts.xyz, made with ``--make-starts``);
+a one-frame file starts all from the same structure, and replicas that share a start are
+not independent. The first ``--skip-ps`` ps are discarded. Inputs come from :mod:`ipi_ncforces.inputs.make`,
 processes from :mod:`ipi_ncforces.ipi_driver.launch` (``--jobs`` at a time). A replica
 whose properties file already reaches its last step is not run again (resumable).
 
