@@ -60,6 +60,22 @@ class Preset:
     cost_repeats: int
     sockets: str = "unix"  # "ffdirect": the model runs inside i-PI (one process per run)
     replicas: int = 1  # NVT runs per case (seeds seed, seed + 1, ...): sigma from their spread
+    langevin_ps: float | None = None  # NVT runs with a Langevin (local) thermostat; None: nvt_ps
+
+    def nvt_length_ps(self, thermostat: str) -> float:
+        """Length of one NVT run (ps). A local thermostat couples every atom, so T_H and T_O
+        converge in fewer ps than under SVR (README, equipartition baseline)."""
+        return self.langevin_ps if thermostat == "langevin" and self.langevin_ps is not None else self.nvt_ps
+
+    def stage_lengths(self, stage: str) -> dict:
+        """The lengths a stage's result depends on: a cached stage with other lengths is redone
+        (its MD runs are extended from their checkpoints, never shortened)."""
+        if stage == "nve":
+            return {"nve_ps": self.nve_ps}
+        if stage == "nvt":
+            return {"nvt_ps": self.nvt_ps, "langevin_ps": self.nvt_length_ps("langevin"), "skip_ps": self.skip_ps,
+                    "replicas": self.replicas}
+        return {}
 
 
 PRESETS = {
@@ -115,12 +131,30 @@ class Progress:
 # ----------------------------------------------------------------------------- MD runs
 
 
-def _md_runs(ctx, runs: list[tuple[str, make.Variant]], units_each: float) -> dict[str, Path]:
+def _done_steps(workdir: Path) -> int | None:
+    """Steps of a finished audit run (its AUDIT_DONE marker; older markers hold no count: -1);
+    None for a run not finished."""
+    marker = workdir / "AUDIT_DONE"
+    if not marker.is_file():
+        return None
+    text = marker.read_text().split()
+    return int(text[0]) if text and text[0].isdigit() else -1
+
+
+def _md_runs(ctx, runs: list[tuple[str, make.Variant]]) -> dict[str, Path]:
     """`ipi-nc run` of each (name, variant) in OUT/runs/NAME (its output in NAME/audit-run.log),
-    ``ctx.jobs`` at a time (:func:`ipi_ncforces.ipi_driver.launch.run_jobs`): a run marked done
-    is skipped, one with a checkpoint is continued (--resume); on a failure or Ctrl-C the other
-    runs are stopped (they keep their checkpoints). RuntimeError naming the run that failed."""
+    ``ctx.jobs`` at a time (:func:`ipi_ncforces.ipi_driver.launch.run_jobs`): a run finished
+    with the variant's step count is skipped; one with a checkpoint is continued (--resume,
+    to the variant's step count: a finished run asked for more steps is extended); on a
+    failure or Ctrl-C the other runs are stopped (they keep their checkpoints). RuntimeError
+    naming the run that failed, or a run that is longer than asked (it is never cut)."""
     workdirs = {name: ctx.out / "runs" / name for name, _ in runs}
+    variants = dict(runs)
+    for name, v in runs:
+        done = _done_steps(workdirs[name])
+        if done is not None and done > v.steps:
+            raise RuntimeError(f"run {workdirs[name]} has {done} steps, more than the {v.steps} asked for: "
+                               "use the lengths it was made with, or another --out")
 
     def job(name: str, v: make.Variant) -> launch.Job:
         workdir = workdirs[name]
@@ -131,7 +165,8 @@ def _md_runs(ctx, runs: list[tuple[str, make.Variant]], units_each: float) -> di
             cmd = [sys.executable, "-m", "ipi_ncforces.cli", "run", str(xml), "--model", str(ctx.model),
                    "--workdir", str(workdir), "--quiet"]
             if (workdir / "RESTART").is_file():
-                cmd.append("--resume")
+                cmd += ["--resume", "--steps", str(v.steps)]
+                (workdir / "AUDIT_DONE").unlink(missing_ok=True)
             elif workdir.exists():
                 shutil.rmtree(workdir)
             workdir.mkdir(parents=True, exist_ok=True)
@@ -141,10 +176,11 @@ def _md_runs(ctx, runs: list[tuple[str, make.Variant]], units_each: float) -> di
 
     def done(job: launch.Job) -> None:
         name = job.name.removeprefix("MD ")
-        (workdirs[name] / "AUDIT_DONE").write_text("ok\n")
-        ctx.progress.step(units_each, job.name)
+        v = variants[name]
+        (workdirs[name] / "AUDIT_DONE").write_text(f"{v.steps}\n")
+        ctx.progress.step(v.steps * v.outer_dt_fs / 1000.0, job.name)
 
-    pending = [job(name, v) for name, v in runs if not (workdirs[name] / "AUDIT_DONE").is_file()]
+    pending = [job(name, v) for name, v in runs if _done_steps(workdirs[name]) != v.steps]
     launch.run_jobs(pending, ctx.jobs, "audit", on_done=done, log=lambda text: None, poll_s=0.2)
     return workdirs
 
@@ -220,7 +256,7 @@ def stage_nve(ctx) -> dict:
     start = _starts(ctx, 1)[0]  # frame 0 of the preset's structure
     variants = {name: _variant(f"audit-{name}", ctx.preset, forces, ctx.preset.nve_ps, ctx.seed, start, **extra)
                 for name, forces, extra in cases}
-    workdirs = _md_runs(ctx, list(variants.items()), ctx.preset.nve_ps)
+    workdirs = _md_runs(ctx, list(variants.items()))
     results, drifts = {}, []
     for name, v in variants.items():
         d = drift_of(find_run(workdirs[name]), skip_ps=0.0)
@@ -246,10 +282,10 @@ def stage_nvt(ctx) -> dict:
     per_case = {}  # run name -> temperatures_of per replica
     n_rep = ctx.preset.replicas
     starts = _starts(ctx, n_rep)  # replica k of every case starts from frame k: paired NC - C differences
-    variants = {(name, k): _variant(f"audit-{name}-r{k}", ctx.preset, forces, ctx.preset.nvt_ps, ctx.seed + k,
-                                    starts[k], ensemble="nvt", thermostat=thermostat, tau_fs=tau, mts_m=8)
+    variants = {(name, k): _variant(f"audit-{name}-r{k}", ctx.preset, forces, ctx.preset.nvt_length_ps(thermostat),
+                                    ctx.seed + k, starts[k], ensemble="nvt", thermostat=thermostat, tau_fs=tau, mts_m=8)
                 for name, forces, thermostat, tau in _nvt_cases(ctx) for k in range(n_rep)}
-    workdirs = _md_runs(ctx, [(f"{name}-r{k}", v) for (name, k), v in variants.items()], ctx.preset.nvt_ps)
+    workdirs = _md_runs(ctx, [(f"{name}-r{k}", v) for (name, k), v in variants.items()])
     for name, forces, thermostat, tau in _nvt_cases(ctx):
         runs = [find_run(workdirs[f"{name}-r{k}"]) for k in range(n_rep)]
         target = variants[(name, 0)].temperature_k
@@ -480,6 +516,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(preset="default")
     p.add_argument("--structure", type=Path, help="system (i-PI xyz or extxyz; default: the preset's water box)")
     p.add_argument("--replicas", type=int, help="NVT runs per case (default: the preset's: quick 1, default 4, paper 16)")
+    p.add_argument("--nvt-ps", type=float, help="length of one NVT run in ps, first --skip-ps discarded (default: the "
+                   "preset's: quick 0.1, default 4, paper 20); a larger value on a finished audit extends its runs")
+    p.add_argument("--langevin-ps", type=float, help="length of one Langevin NVT run in ps (default: --nvt-ps)")
+    p.add_argument("--skip-ps", type=float, help="ps discarded at the start of each NVT run (default: the preset's: "
+                   "quick 0.02, default 0.5, paper 2)")
+    p.add_argument("--in-process", action="store_true", help="run the model inside i-PI (<ffdirect>, one process per "
+                   "MD run) instead of drivers over unix sockets (the quick preset always does)")
     p.add_argument("--stages", nargs="+", choices=[s for s, _ in STAGES], default=[s for s, _ in STAGES])
     p.add_argument("--seed", type=int, default=31415, help="velocity / thermostat / geop seed")
     p.add_argument("--threads", type=int, default=1, help="torch threads per process")
@@ -495,11 +538,20 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{PROG}: structure file '{args.structure}' (--structure) does not exist", file=sys.stderr)
             return 2
         preset = Preset(**{**asdict(preset), "structure": args.structure})
-    if args.replicas is not None:
-        if args.replicas < 1:
-            print(f"{PROG}: --replicas must be at least 1", file=sys.stderr)
+    changes = {"replicas": args.replicas, "nvt_ps": args.nvt_ps, "langevin_ps": args.langevin_ps, "skip_ps": args.skip_ps,
+               "sockets": "ffdirect" if args.in_process else None}
+    changes = {k: v for k, v in changes.items() if v is not None}
+    if changes.get("replicas", 1) < 1:
+        print(f"{PROG}: --replicas must be at least 1", file=sys.stderr)
+        return 2
+    if "nvt_ps" in changes and "langevin_ps" not in changes and preset.langevin_ps is None:
+        changes["langevin_ps"] = changes["nvt_ps"]
+    preset = Preset(**{**asdict(preset), **changes})
+    for option, length in (("--nvt-ps", preset.nvt_ps), ("--langevin-ps", preset.nvt_length_ps("langevin"))):
+        if not length > preset.skip_ps >= 0:
+            print(f"{PROG}: {option} ({length:g} ps) must be longer than --skip-ps ({preset.skip_ps:g} ps), which "
+                  "must be >= 0", file=sys.stderr)
             return 2
-        preset = Preset(**{**asdict(preset), "replicas": args.replicas})
     out = args.out.resolve()
     try:  # 'qtip4pf': the exactly conservative reference, saved under OUT
         args.model = model_file_or_reference(args.model, out, "MODEL")
@@ -522,10 +574,11 @@ def main(argv: list[str] | None = None) -> int:
     stages = [s for s in args.stages if has_direct or s != "cost"]  # F needs both heads
     (out / "stages").mkdir(parents=True, exist_ok=True)
     (out / "plots").mkdir(parents=True, exist_ok=True)
-    n_nvt = len(NVT_CASES) if has_direct else sum(c[1] == "conservative" for c in NVT_CASES)
+    nvt_cases = [c for c in NVT_CASES if has_direct or c[1] == "conservative"]
     units = {"jacobian": 0.05, "cost": 0.05, "nve": preset.nve_ps * ((2 + len(preset.mts_ms)) if has_direct else 1),
-             "nvt": preset.nvt_ps * n_nvt * preset.replicas, "geop": 2.0}
-    todo = [s for s, _ in STAGES if s in stages and not (out / "stages" / f"{s}.json").is_file()]
+             "nvt": sum(preset.nvt_length_ps(c[2]) for c in nvt_cases) * preset.replicas, "geop": 2.0}
+    cached = {s: _cached_stage(out / "stages" / f"{s}.json", preset.stage_lengths(s)) for s in stages}
+    todo = [s for s in stages if cached[s] is None]
     progress = Progress(sum(units[s] for s in todo) or 1.0)
     ctx = _Context(args.model.resolve(), out, preset, args.seed, args.threads, max(1, args.jobs), progress, has_direct)
     t0 = time.monotonic()
@@ -534,12 +587,14 @@ def main(argv: list[str] | None = None) -> int:
         if name not in stages:
             continue
         path = out / "stages" / f"{name}.json"
-        if path.is_file():
-            results[name] = json.loads(path.read_text())
+        if cached[name] is not None:
+            results[name] = cached[name]
             print(f"[audit] {name}: done earlier, kept ({path})")
             continue
+        if path.is_file():
+            print(f"[audit] {name}: done earlier with other lengths, redone (MD runs extended from their checkpoints)")
         try:
-            results[name] = func(ctx)
+            results[name] = {**func(ctx), **({"lengths": preset.stage_lengths(name)} if preset.stage_lengths(name) else {})}
         except RuntimeError as exc:
             print(f"{PROG}: stage {name}: {str(exc).splitlines()[0]}; rerun the command to continue", file=sys.stderr)
             return 1
@@ -552,6 +607,15 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{PROG}: {recommendation(results)}")
     print(f"{PROG}: report {paths['md']}, {paths['html']}, {paths['json']}")
     return 0
+
+
+def _cached_stage(path: Path, lengths: dict) -> dict | None:
+    """The stage result saved at ``path`` if it was made with ``lengths`` (see
+    :meth:`Preset.stage_lengths`), else None (absent, or to be redone)."""
+    if not path.is_file():
+        return None
+    result = json.loads(path.read_text())
+    return result if result.get("lengths", {}) == lengths else None
 
 
 def _json_default(obj):

@@ -110,3 +110,29 @@ def test_nvt_replicas_give_sigma_from_their_spread(tmp_path, monkeypatch):
         assert all(case[k]["err_k"] > 0 and case[k]["spread_over_block"] > 0 for k in ("T", "T_H", "T_O"))
     assert "svr10-direct - svr10-cons" in nvt["differences"]
     assert "spread of 2 replicas" in (tmp_path / "audit.md").read_text()
+
+
+@pytest.mark.slow
+def test_longer_nvt_runs_extend_the_finished_ones(tmp_path, capsys):
+    """--nvt-ps larger than a finished audit's: its SVR runs continue from their checkpoints
+    (no step twice, none missing), the Langevin runs with an unchanged --langevin-ps are kept,
+    the stage is redone with the new lengths; asking for shorter runs is refused."""
+    from ipi_ncforces.analysis.readers import find_run, read_properties
+
+    base = ["qtip4pf", "--quick", "--stages", "nvt", "--langevin-ps", "0.04", "--out", str(tmp_path)]
+    assert main(base + ["--nvt-ps", "0.06"]) == 0
+    lang_log = tmp_path / "runs" / "lang100-cons-r0" / "audit-run.log"
+    lang_before = lang_log.stat().st_mtime_ns
+    capsys.readouterr()
+    assert main(base + ["--nvt-ps", "0.1"]) == 0
+    assert "other lengths, redone" in capsys.readouterr().out
+    steps = read_properties(find_run(tmp_path / "runs" / "svr10-cons-r0").properties)["step"]
+    assert list(steps) == list(range(0, 201, 4))  # properties every 2 fs = 4 steps, to 0.1 ps
+    assert lang_log.stat().st_mtime_ns == lang_before
+    steps = read_properties(find_run(tmp_path / "runs" / "lang100-cons-r0").properties)["step"]
+    assert steps.max() == 80
+    nvt = json.loads((tmp_path / "stages" / "nvt.json").read_text())
+    assert nvt["lengths"]["nvt_ps"] == 0.1 and nvt["lengths"]["langevin_ps"] == 0.04
+    assert main(base + ["--nvt-ps", "0.06"]) == 1
+    assert "more than the 120 asked for" in capsys.readouterr().err
+    assert main(base + ["--nvt-ps", "0.01"]) == 2  # not longer than the 0.02 ps skipped
