@@ -382,11 +382,34 @@ def _pm(value, err, digits: int = 2) -> str:
     return f"{value:.{digits}f} ± {err:.{digits}f}"
 
 
+RESOLVED_SIGMA_K = 1.5  # sigma of T_H / T_O that resolves the paper's PET-NC split (-4.4 / +9.9 K)
+
+
+def equipartition_check(temperatures: dict) -> dict:
+    """Per species label of one NVT case ({'T': {'delta_k', 'err_k'}, ...}): whether the
+    deviation is consistent with zero (|delta| < 2 sigma) and whether sigma resolves it
+    (sigma <= RESOLVED_SIGMA_K)."""
+    return {label: {"within_2_sigma": bool(abs(t["delta_k"]) < 2.0 * t["err_k"]),
+                    "resolved": bool(t["err_k"] <= RESOLVED_SIGMA_K)}
+            for label, t in temperatures.items() if label in ("T_H", "T_O")}
+
+
+def _equipartition_text(temperatures: dict) -> str:
+    check = equipartition_check(temperatures)
+    return "; ".join(f"{label} {'yes' if c['within_2_sigma'] else 'NO'}" + ("" if c["resolved"] else f" (σ > {RESOLVED_SIGMA_K:g} K)")
+                     for label, c in check.items()) or "-"
+
+
 def recommendation(results: dict) -> str:
     nve, cost = results.get("nve"), results.get("cost")
     if nve and "nve-direct" not in nve["runs"]:
+        temps = results.get("nvt", {}).get("temperatures", {})
+        checks = [c for t in temps.values() for c in equipartition_check(t).values()]
+        verdict = (f"; NVT T_H and T_O of all {len(temps)} cases within 2 sigma of equipartition: "
+                   f"{'yes' if all(c['within_2_sigma'] for c in checks) else 'NO'}, sigma <= {RESOLVED_SIGMA_K:g} K: "
+                   f"{'yes' if all(c['resolved'] for c in checks) else 'no'}") if checks else ""
         return ("energy-only model: a baseline audit (conservative forces only); every deviation above is the "
-                "set-up's floor, not a direct-force artifact")
+                "set-up's floor, not a direct-force artifact" + verdict)
     if not nve or not cost:
         return "no recommendation (NVE or cost stage missing)"
     m = nve["largest_flat_m"]
@@ -428,11 +451,17 @@ def sections(results: dict) -> list[tuple[str, list[str], list[list[str]], list[
             ours = t["temperatures"][name]
             paper = PAPER["nvt"].get((forces, thermostat, int(tau)))
             rows.append([name, *[_pm(ours.get(k, {}).get("delta_k"), ours.get(k, {}).get("err_k"), 1) for k in ("T", "T_H", "T_O")],
-                         " / ".join(f"{x:+.1f}" for x in paper) if paper else "-"])
-        out.append(("NVT temperatures (deviation from the target, K)", ["run", "ΔT", "ΔT_H", "ΔT_O", "paper PET ΔT / ΔT_H / ΔT_O"], rows,
+                         " / ".join(f"{x:+.1f}" for x in paper) if paper else "-",
+                         _equipartition_text(ours) if forces == "conservative" else "-"])
+        lengths = t.get("lengths")
+        out.append(("NVT temperatures (deviation from the target, K)",
+                    ["run", "ΔT", "ΔT_H", "ΔT_O", "paper PET ΔT / ΔT_H / ΔT_O", "conservative: |Δ| < 2σ"], rows,
                     [f"sigma: spread of {t['replicas']} replicas (seeds seed..seed+{t['replicas'] - 1}), the block sigma as a floor"
                      if t.get("replicas", 1) > 1 else
-                     "sigma: block averaging of ONE run, 3-5x too small for T_H/T_O (README, replica error bars); use --replicas 4 or more"]))
+                     "sigma: block averaging of ONE run, 3-5x too small for T_H/T_O (README, replica error bars); use --replicas 4 or more"]
+                    + ([f"Runs of {lengths['nvt_ps']:g} ps (Langevin {lengths['langevin_ps']:g} ps), the first "
+                        f"{lengths['skip_ps']:g} ps discarded. A conservative force field must be at equipartition: "
+                        f"|Δ| < 2σ, with σ ≤ {RESOLVED_SIGMA_K:g} K to resolve a split of the paper's size."] if lengths else [])))
         rows = [[pair, *[_pm(d.get(k, {}).get("delta_k"), d.get(k, {}).get("err_k"), 1) for k in ("T", "T_H", "T_O")]]
                 for pair, d in t["differences"].items()]
         if rows:

@@ -77,6 +77,8 @@ def test_reference_gets_a_baseline_audit_of_conservative_runs_only(tmp_path):
     assert set(results["nvt"]["temperatures"]) == {"svr10-cons", "lang100-cons"} and results["nvt"]["differences"] == {}
     assert {c["forces"] for cases in results["geop"].values() for c in cases} == {"conservative"}
     assert "baseline audit" in report["recommendation"]
+    assert "within 2 sigma of equipartition" in report["recommendation"]  # the verdict of the conservative cases
+    assert "conservative: |Δ| < 2σ" in (tmp_path / "audit.md").read_text()
     assert "Cost of conservation" not in (tmp_path / "audit.md").read_text()
 
 
@@ -136,3 +138,17 @@ def test_longer_nvt_runs_extend_the_finished_ones(tmp_path, capsys):
     assert main(base + ["--nvt-ps", "0.06"]) == 1
     assert "more than the 120 asked for" in capsys.readouterr().err
     assert main(base + ["--nvt-ps", "0.01"]) == 2  # not longer than the 0.02 ps skipped
+
+
+def test_equipartition_check_needs_both_consistency_and_resolution():
+    from ipi_ncforces.benchmarks.audit import equipartition_check, recommendation
+
+    temps = {"T": {"delta_k": 9.0, "err_k": 1.0}, "T_H": {"delta_k": 1.9, "err_k": 1.0}, "T_O": {"delta_k": -2.1, "err_k": 1.0}}
+    assert equipartition_check(temps) == {"T_H": {"within_2_sigma": True, "resolved": True},
+                                          "T_O": {"within_2_sigma": False, "resolved": True}}
+    wide = {"T_H": {"delta_k": 0.1, "err_k": 1.6}}
+    assert equipartition_check(wide) == {"T_H": {"within_2_sigma": True, "resolved": False}}
+    baseline = {"nve": {"runs": {"nve-cons": {}}}, "nvt": {"temperatures": {"svr10-cons": temps}}}
+    assert "equipartition: NO, sigma <= 1.5 K: yes" in recommendation(baseline)
+    baseline["nvt"]["temperatures"] = {"svr10-cons": wide}
+    assert "equipartition: yes, sigma <= 1.5 K: no" in recommendation(baseline)
