@@ -81,8 +81,10 @@ class Preset:
 PRESETS = {
     "quick": Preset("quick", WATER16_XYZ, nve_ps=0.1, nvt_ps=0.1, skip_ps=0.02, mts_ms=(2, 4), geop_starts=2,
                     geop_max_steps=60, cost_repeats=3, sockets="ffdirect"),
-    "default": Preset("default", WATER64_STARTS_XYZ, nve_ps=2.0, nvt_ps=4.0, skip_ps=0.5, mts_ms=(2, 4, 8), geop_starts=5,
-                      geop_max_steps=1000, cost_repeats=10, replicas=4),
+    # 16 x 8.5 ps SVR and 16 x 3.5 ps Langevin of production: sigma <= 1.5 K on T_H and T_O for a
+    # conservative force field (README, "Equipartition baseline" and the reference audit)
+    "default": Preset("default", WATER64_STARTS_XYZ, nve_ps=2.0, nvt_ps=9.0, skip_ps=0.5, mts_ms=(2, 4, 8), geop_starts=5,
+                      geop_max_steps=1000, cost_repeats=10, replicas=16, langevin_ps=4.0),
     "paper": Preset("paper", WATER64_STARTS_XYZ, nve_ps=20.0, nvt_ps=20.0, skip_ps=2.0, mts_ms=(2, 4, 8, 16), geop_starts=20,
                     geop_max_steps=1000, cost_repeats=20, replicas=16),
 }
@@ -294,7 +296,9 @@ def stage_nvt(ctx) -> dict:
         if n_rep > 1:  # sigma from the spread between replicas (block sigma as a floor)
             est = replica_summary(per_run, ["T", "T_H", "T_O"])["estimates"]
             out["temperatures"][name] = {label: {"delta_k": e["mean_k"] - target, "err_k": e["stderr_k"],
-                                                 "spread_over_block": e["ratio"]} for label, e in est.items()}
+                                                 "spread_over_block": e["ratio"], "n_eff_per_run": e["n_eff_replicas"],
+                                                 "ps_total_needed_for_1p5k": e.get("ps_total_needed")}
+                                         for label, e in est.items()}
         else:
             t = per_run[0]["temperatures"]
             out["temperatures"][name] = {label: {"delta_k": t[label]["mean_k"] - target, "err_k": t[label]["err_k"]}
@@ -462,6 +466,16 @@ def sections(results: dict) -> list[tuple[str, list[str], list[list[str]], list[
                     + ([f"Runs of {lengths['nvt_ps']:g} ps (Langevin {lengths['langevin_ps']:g} ps), the first "
                         f"{lengths['skip_ps']:g} ps discarded. A conservative force field must be at equipartition: "
                         f"|Δ| < 2σ, with σ ≤ {RESOLVED_SIGMA_K:g} K to resolve a split of the paper's size."] if lengths else [])))
+        rows = [[name, *[f"{c[k]['n_eff_per_run']:.0f}" for k in ("T_H", "T_O")],
+                     *[f"{c[k]['ps_total_needed_for_1p5k']:.0f}" for k in ("T_H", "T_O")]]
+                for name, c in t["temperatures"].items()
+                if all(c.get(k, {}).get("ps_total_needed_for_1p5k") is not None for k in ("T_H", "T_O"))]
+        if rows:
+            out.append(("Sampling (from the replica spread)", ["run", "independent samples per run: T_H", "T_O",
+                                                                 f"ps of production for σ ≤ {RESOLVED_SIGMA_K:g} K: T_H", "T_O"], rows,
+                        ["Independent samples: variance of the instantaneous temperature / variance of one run's mean. "
+                         "Production summed over replicas with independent starts; set it with --replicas, --nvt-ps, "
+                         "--langevin-ps (a rerun with longer runs extends them)."]))
         rows = [[pair, *[_pm(d.get(k, {}).get("delta_k"), d.get(k, {}).get("err_k"), 1) for k in ("T", "T_H", "T_O")]]
                 for pair, d in t["differences"].items()]
         if rows:
@@ -544,10 +558,10 @@ def build_parser() -> argparse.ArgumentParser:
     size.add_argument("--paper", action="store_const", const="paper", dest="preset", help="the paper's lengths (for a GPU)")
     p.set_defaults(preset="default")
     p.add_argument("--structure", type=Path, help="system (i-PI xyz or extxyz; default: the preset's water box)")
-    p.add_argument("--replicas", type=int, help="NVT runs per case (default: the preset's: quick 1, default 4, paper 16)")
+    p.add_argument("--replicas", type=int, help="NVT runs per case (default: the preset's: quick 1, default 16, paper 16)")
     p.add_argument("--nvt-ps", type=float, help="length of one NVT run in ps, first --skip-ps discarded (default: the "
-                   "preset's: quick 0.1, default 4, paper 20); a larger value on a finished audit extends its runs")
-    p.add_argument("--langevin-ps", type=float, help="length of one Langevin NVT run in ps (default: --nvt-ps)")
+                   "preset's: quick 0.1, default 9, paper 20); a larger value on a finished audit extends its runs")
+    p.add_argument("--langevin-ps", type=float, help="length of one Langevin NVT run in ps (default: the preset's: default 4, else --nvt-ps)")
     p.add_argument("--skip-ps", type=float, help="ps discarded at the start of each NVT run (default: the preset's: "
                    "quick 0.02, default 0.5, paper 2)")
     p.add_argument("--in-process", action="store_true", help="run the model inside i-PI (<ffdirect>, one process per "

@@ -112,6 +112,9 @@ def test_nvt_replicas_give_sigma_from_their_spread(tmp_path, monkeypatch):
         assert all(case[k]["err_k"] > 0 and case[k]["spread_over_block"] > 0 for k in ("T", "T_H", "T_O"))
     assert "svr10-direct - svr10-cons" in nvt["differences"]
     assert "spread of 2 replicas" in (tmp_path / "audit.md").read_text()
+    for case in nvt["temperatures"].values():  # the effective sample count and the sampling a user must budget
+        assert all(case[k]["n_eff_per_run"] > 0 and case[k]["ps_total_needed_for_1p5k"] > 0 for k in ("T_H", "T_O"))
+    assert "## Sampling (from the replica spread)" in (tmp_path / "audit.md").read_text()
 
 
 @pytest.mark.slow
