@@ -187,9 +187,9 @@ def _md_runs(ctx, runs: list[tuple[str, make.Variant]]) -> dict[str, Path]:
     return workdirs
 
 
-def _nvt_cases(ctx) -> tuple:
+def _nvt_cases(has_direct: bool) -> tuple:
     """NVT_CASES the model can run: all for an M model, the conservative ones for energy only."""
-    return NVT_CASES if ctx.has_direct else tuple(c for c in NVT_CASES if c[1] == "conservative")
+    return NVT_CASES if has_direct else tuple(c for c in NVT_CASES if c[1] == "conservative")
 
 
 def _starts(ctx, n: int) -> list[Path]:
@@ -286,9 +286,9 @@ def stage_nvt(ctx) -> dict:
     starts = _starts(ctx, n_rep)  # replica k of every case starts from frame k: paired NC - C differences
     variants = {(name, k): _variant(f"audit-{name}-r{k}", ctx.preset, forces, ctx.preset.nvt_length_ps(thermostat),
                                     ctx.seed + k, starts[k], ensemble="nvt", thermostat=thermostat, tau_fs=tau, mts_m=8)
-                for name, forces, thermostat, tau in _nvt_cases(ctx) for k in range(n_rep)}
+                for name, forces, thermostat, tau in _nvt_cases(ctx.has_direct) for k in range(n_rep)}
     workdirs = _md_runs(ctx, [(f"{name}-r{k}", v) for (name, k), v in variants.items()])
-    for name, forces, thermostat, tau in _nvt_cases(ctx):
+    for name, forces, thermostat, tau in _nvt_cases(ctx.has_direct):
         runs = [find_run(workdirs[f"{name}-r{k}"]) for k in range(n_rep)]
         target = variants[(name, 0)].temperature_k
         per_run = [temperatures_of(run, skip_ps=ctx.preset.skip_ps) for run in runs]
@@ -617,9 +617,8 @@ def main(argv: list[str] | None = None) -> int:
     stages = [s for s in args.stages if has_direct or s != "cost"]  # F needs both heads
     (out / "stages").mkdir(parents=True, exist_ok=True)
     (out / "plots").mkdir(parents=True, exist_ok=True)
-    nvt_cases = [c for c in NVT_CASES if has_direct or c[1] == "conservative"]
     units = {"jacobian": 0.05, "cost": 0.05, "nve": preset.nve_ps * ((2 + len(preset.mts_ms)) if has_direct else 1),
-             "nvt": sum(preset.nvt_length_ps(c[2]) for c in nvt_cases) * preset.replicas, "geop": 2.0}
+             "nvt": sum(preset.nvt_length_ps(c[2]) for c in _nvt_cases(has_direct)) * preset.replicas, "geop": 2.0}
     cached = {s: _cached_stage(out / "stages" / f"{s}.json", preset.stage_lengths(s)) for s in stages}
     todo = [s for s in stages if cached[s] is None]
     progress = Progress(sum(units[s] for s in todo) or 1.0)
