@@ -81,9 +81,9 @@ class Preset:
 PRESETS = {
     "quick": Preset("quick", WATER16_XYZ, nve_ps=0.1, nvt_ps=0.1, skip_ps=0.02, mts_ms=(2, 4), geop_starts=2,
                     geop_max_steps=60, cost_repeats=3, sockets="ffdirect"),
-    # 16 x 8.5 ps SVR and 16 x 3.5 ps Langevin of production: sigma <= 1.5 K on T_H and T_O for a
+    # 16 x 11 ps SVR and 16 x 3.5 ps Langevin of production: sigma <= 1.5 K on T_H and T_O for a
     # conservative force field (README, "Equipartition baseline" and the reference audit)
-    "default": Preset("default", WATER64_STARTS_XYZ, nve_ps=2.0, nvt_ps=9.0, skip_ps=0.5, mts_ms=(2, 4, 8), geop_starts=5,
+    "default": Preset("default", WATER64_STARTS_XYZ, nve_ps=2.0, nvt_ps=11.5, skip_ps=0.5, mts_ms=(2, 4, 8), geop_starts=5,
                       geop_max_steps=1000, cost_repeats=10, replicas=16, langevin_ps=4.0),
     "paper": Preset("paper", WATER64_STARTS_XYZ, nve_ps=20.0, nvt_ps=20.0, skip_ps=2.0, mts_ms=(2, 4, 8, 16), geop_starts=20,
                     geop_max_steps=1000, cost_repeats=20, replicas=16),
@@ -560,7 +560,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--structure", type=Path, help="system (i-PI xyz or extxyz; default: the preset's water box)")
     p.add_argument("--replicas", type=int, help="NVT runs per case (default: the preset's: quick 1, default 16, paper 16)")
     p.add_argument("--nvt-ps", type=float, help="length of one NVT run in ps, first --skip-ps discarded (default: the "
-                   "preset's: quick 0.1, default 9, paper 20); a larger value on a finished audit extends its runs")
+                   "preset's: quick 0.1, default 11.5, paper 20); a larger value on a finished audit extends its runs")
     p.add_argument("--langevin-ps", type=float, help="length of one Langevin NVT run in ps (default: the preset's: default 4, else --nvt-ps)")
     p.add_argument("--skip-ps", type=float, help="ps discarded at the start of each NVT run (default: the preset's: "
                    "quick 0.02, default 0.5, paper 2)")
