@@ -540,6 +540,13 @@ class _Context:
         self.jobs, self.has_direct = jobs, has_direct
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Defaults shown, except None (the preset decides, and the help says how)."""
+
+    def _get_help_string(self, action):
+        return action.help if action.default is None else super()._get_help_string(action)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog=PROG,
@@ -548,7 +555,7 @@ def build_parser() -> argparse.ArgumentParser:
                      "'qtip4pf', the exactly conservative reference) gets a baseline audit: the conservative runs only, "
                      "whose deviations are the floor of the measurement. Rerun the same command to "
                      "continue: finished stages and MD runs are kept."),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_HelpFormatter,
     )
     p.add_argument("model", type=Path, nargs="?", default=SHIPPED_MODELS_DIR / "water-m.pt",
                    help=f"model file, or '{REFERENCE}' for the q-TIP4P/F reference")
