@@ -112,6 +112,7 @@ NVT_CASES = (  # (run name, forces, thermostat, tau fs)
     ("lang1000-direct", "direct", "langevin", 1000.0),
 )
 WATER_VISCOSITY_MPAS = 0.85  # Yeh-Hummer term (TIP4P-like water at 300 K)
+RESOLVED_SIGMA_K = 1.5  # sigma of T_H / T_O that resolves the paper's PET-NC split (-4.4 / +9.9 K)
 
 
 class Progress:
@@ -294,7 +295,7 @@ def stage_nvt(ctx) -> dict:
         per_run = [temperatures_of(run, skip_ps=ctx.preset.skip_ps) for run in runs]
         per_case[name] = per_run
         if n_rep > 1:  # sigma from the spread between replicas (block sigma as a floor)
-            est = replica_summary(per_run, ["T", "T_H", "T_O"])["estimates"]
+            est = replica_summary(per_run, ["T", "T_H", "T_O"], target_err_k=RESOLVED_SIGMA_K)["estimates"]
             out["temperatures"][name] = {label: {"delta_k": e["mean_k"] - target, "err_k": e["stderr_k"],
                                                  "spread_over_block": e["ratio"], "n_eff_per_run": e["n_eff_replicas"],
                                                  "ps_total_needed_for_1p5k": e.get("ps_total_needed")}
@@ -384,9 +385,6 @@ def _pm(value, err, digits: int = 2) -> str:
     if err is None or not np.isfinite(err):
         return f"{value:.{digits}f}"
     return f"{value:.{digits}f} ± {err:.{digits}f}"
-
-
-RESOLVED_SIGMA_K = 1.5  # sigma of T_H / T_O that resolves the paper's PET-NC split (-4.4 / +9.9 K)
 
 
 def equipartition_check(temperatures: dict) -> dict:
