@@ -61,6 +61,7 @@ class Preset:
     sockets: str = "unix"  # "ffdirect": the model runs inside i-PI (one process per run)
     replicas: int = 1  # NVT runs per case (seeds seed, seed + 1, ...): sigma from their spread
     langevin_ps: float | None = None  # NVT runs with a Langevin (local) thermostat; None: nvt_ps
+    nvt_cases: tuple[str, ...] | None = None  # names from NVT_CASES to run; None: all the model can run
 
     def nvt_length_ps(self, thermostat: str) -> float:
         """Length of one NVT run (ps). A local thermostat couples every atom, so T_H and T_O
@@ -73,8 +74,9 @@ class Preset:
         if stage == "nve":
             return {"nve_ps": self.nve_ps}
         if stage == "nvt":
-            return {"nvt_ps": self.nvt_ps, "langevin_ps": self.nvt_length_ps("langevin"), "skip_ps": self.skip_ps,
-                    "replicas": self.replicas}
+            lengths = {"nvt_ps": self.nvt_ps, "langevin_ps": self.nvt_length_ps("langevin"), "skip_ps": self.skip_ps,
+                       "replicas": self.replicas}
+            return lengths if self.nvt_cases is None else {**lengths, "cases": list(self.nvt_cases)}
         return {}
 
 
@@ -188,9 +190,11 @@ def _md_runs(ctx, runs: list[tuple[str, make.Variant]]) -> dict[str, Path]:
     return workdirs
 
 
-def _nvt_cases(has_direct: bool) -> tuple:
-    """NVT_CASES the model can run: all for an M model, the conservative ones for energy only."""
-    return NVT_CASES if has_direct else tuple(c for c in NVT_CASES if c[1] == "conservative")
+def _nvt_cases(has_direct: bool, selected: tuple[str, ...] | None = None) -> tuple:
+    """NVT_CASES the model can run (all for an M model, the conservative ones for energy only),
+    restricted to the names in ``selected`` unless it is None."""
+    cases = NVT_CASES if has_direct else tuple(c for c in NVT_CASES if c[1] == "conservative")
+    return cases if selected is None else tuple(c for c in cases if c[0] in selected)
 
 
 def _starts(ctx, n: int) -> list[Path]:
@@ -287,9 +291,9 @@ def stage_nvt(ctx) -> dict:
     starts = _starts(ctx, n_rep)  # replica k of every case starts from frame k: paired NC - C differences
     variants = {(name, k): _variant(f"audit-{name}-r{k}", ctx.preset, forces, ctx.preset.nvt_length_ps(thermostat),
                                     ctx.seed + k, starts[k], ensemble="nvt", thermostat=thermostat, tau_fs=tau, mts_m=8)
-                for name, forces, thermostat, tau in _nvt_cases(ctx.has_direct) for k in range(n_rep)}
+                for name, forces, thermostat, tau in _nvt_cases(ctx.has_direct, ctx.preset.nvt_cases) for k in range(n_rep)}
     workdirs = _md_runs(ctx, [(f"{name}-r{k}", v) for (name, k), v in variants.items()])
-    for name, forces, thermostat, tau in _nvt_cases(ctx.has_direct):
+    for name, forces, thermostat, tau in _nvt_cases(ctx.has_direct, ctx.preset.nvt_cases):
         runs = [find_run(workdirs[f"{name}-r{k}"]) for k in range(n_rep)]
         target = variants[(name, 0)].temperature_k
         per_run = [temperatures_of(run, skip_ps=ctx.preset.skip_ps) for run in runs]
@@ -572,6 +576,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--in-process", action="store_true", help="run the model inside i-PI (<ffdirect>, one process per "
                    "MD run) instead of drivers over unix sockets (the quick preset always does)")
     p.add_argument("--stages", nargs="+", choices=[s for s, _ in STAGES], default=[s for s, _ in STAGES])
+    p.add_argument("--cases", nargs="+", choices=[c[0] for c in NVT_CASES], metavar="CASE",
+                   help="NVT cases to run (default: all the model can run: " + ", ".join(c[0] for c in NVT_CASES)
+                   + "); a later run with more cases keeps the finished runs")
     p.add_argument("--seed", type=int, default=31415, help="velocity / thermostat / geop seed")
     p.add_argument("--threads", type=int, default=1, help="torch threads per process")
     p.add_argument("--jobs", type=int, default=2, help="MD runs at a time (each: i-PI + one driver per forcefield)")
@@ -592,6 +599,8 @@ def main(argv: list[str] | None = None) -> int:
     if changes.get("replicas", 1) < 1:
         print(f"{PROG}: --replicas must be at least 1", file=sys.stderr)
         return 2
+    if args.cases is not None:
+        changes["nvt_cases"] = tuple(c[0] for c in NVT_CASES if c[0] in args.cases)  # one order for the cache key
     if "nvt_ps" in changes and "langevin_ps" not in changes and preset.langevin_ps is None:
         changes["langevin_ps"] = changes["nvt_ps"]
     preset = Preset(**{**asdict(preset), **changes})
@@ -619,11 +628,15 @@ def main(argv: list[str] | None = None) -> int:
               "the direct-force artifacts, or an energy-only model for a baseline audit)", file=sys.stderr)
         return 2
     has_direct = "direct" in heads
+    if not has_direct and preset.nvt_cases and any(c[1] != "conservative" for c in NVT_CASES if c[0] in preset.nvt_cases):
+        print(f"{PROG}: --cases: model '{args.model}' has no direct head; it can run only "
+              + ", ".join(c[0] for c in _nvt_cases(False)), file=sys.stderr)
+        return 2
     stages = [s for s in args.stages if has_direct or s != "cost"]  # F needs both heads
     (out / "stages").mkdir(parents=True, exist_ok=True)
     (out / "plots").mkdir(parents=True, exist_ok=True)
     units = {"jacobian": 0.05, "cost": 0.05, "nve": preset.nve_ps * ((2 + len(preset.mts_ms)) if has_direct else 1),
-             "nvt": sum(preset.nvt_length_ps(c[2]) for c in _nvt_cases(has_direct)) * preset.replicas, "geop": 2.0}
+             "nvt": sum(preset.nvt_length_ps(c[2]) for c in _nvt_cases(has_direct, preset.nvt_cases)) * preset.replicas, "geop": 2.0}
     cached = {s: _cached_stage(out / "stages" / f"{s}.json", preset.stage_lengths(s)) for s in stages}
     todo = [s for s in stages if cached[s] is None]
     progress = Progress(sum(units[s] for s in todo) or 1.0)

@@ -83,19 +83,18 @@ def test_reference_gets_a_baseline_audit_of_conservative_runs_only(tmp_path):
 
 
 @pytest.mark.slow
-def test_nvt_replicas_give_sigma_from_their_spread(tmp_path, monkeypatch):
+def test_nvt_replicas_give_sigma_from_their_spread(tmp_path):
     """--replicas 2: each NVT case runs twice (two seeds); the sigma is the replica one. A
-    two-frame structure file starts replica k of every case from frame k; runner logs are kept."""
-    from ipi_ncforces.benchmarks import audit
+    two-frame structure file starts replica k of every case from frame k; runner logs are kept.
+    --cases: only the SVR conservative and direct cases run."""
     from ipi_ncforces.inputs import WATER16_XYZ
     from ipi_ncforces.models.structure_io import read_structure, write_ipi_xyz_frames
 
-    monkeypatch.setattr(audit, "NVT_CASES", audit.NVT_CASES[:2])  # SVR conservative and direct only
     frames = [read_structure(WATER16_XYZ), read_structure(WATER16_XYZ)]
     frames[1].positions += 0.01 * (1 + frames[1].numbers[:, None] % 3)  # O and H moved apart a little: another start
     starts = write_ipi_xyz_frames(frames, tmp_path / "starts.xyz")
     assert main([str(SHIPPED_MODELS_DIR / "water-m.pt"), "--quick", "--stages", "nvt", "--replicas", "2",
-                 "--structure", str(starts), "--out", str(tmp_path / "out")]) == 0
+                 "--cases", "svr10-direct", "svr10-cons", "--structure", str(starts), "--out", str(tmp_path / "out")]) == 0
     tmp_path = tmp_path / "out"
     for k in (0, 1):
         for case in ("svr10-cons", "svr10-direct"):
@@ -106,6 +105,7 @@ def test_nvt_replicas_give_sigma_from_their_spread(tmp_path, monkeypatch):
         assert abs(first.positions - frames[k].positions).max() < 1e-6
     nvt = json.loads((tmp_path / "stages" / "nvt.json").read_text())
     assert nvt["replicas"] == 2 and set(nvt["temperatures"]) == {"svr10-cons", "svr10-direct"}
+    assert nvt["lengths"]["cases"] == ["svr10-cons", "svr10-direct"]  # NVT_CASES order, whatever the command's
     assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == [
         "svr10-cons-r0", "svr10-cons-r1", "svr10-direct-r0", "svr10-direct-r1"]
     for case in nvt["temperatures"].values():
@@ -141,6 +141,30 @@ def test_longer_nvt_runs_extend_the_finished_ones(tmp_path, capsys):
     assert main(base + ["--nvt-ps", "0.06"]) == 1
     assert "more than the 120 asked for" in capsys.readouterr().err
     assert main(base + ["--nvt-ps", "0.01"]) == 2  # not longer than the 0.02 ps skipped
+
+
+@pytest.mark.slow
+def test_more_cases_later_keep_the_finished_runs(tmp_path, capsys):
+    """--cases svr10-cons, then --cases svr10-cons lang100-cons on the same --out: the SVR run
+    is kept (not rerun), the Langevin one is added, the NVT stage is redone with both."""
+    base = ["qtip4pf", "--quick", "--stages", "nvt", "--nvt-ps", "0.04", "--out", str(tmp_path)]
+    assert main(base + ["--cases", "svr10-cons"]) == 0
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["svr10-cons-r0"]
+    svr_log = tmp_path / "runs" / "svr10-cons-r0" / "audit-run.log"
+    svr_before = svr_log.stat().st_mtime_ns
+    capsys.readouterr()
+    assert main(base + ["--cases", "svr10-cons", "lang100-cons"]) == 0
+    assert "other lengths, redone" in capsys.readouterr().out
+    assert svr_log.stat().st_mtime_ns == svr_before
+    nvt = json.loads((tmp_path / "stages" / "nvt.json").read_text())
+    assert set(nvt["temperatures"]) == {"svr10-cons", "lang100-cons"}
+
+
+def test_direct_cases_for_an_energy_only_model_are_refused(tmp_path, capsys):
+    assert main(["qtip4pf", "--quick", "--cases", "svr10-direct", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--cases" in err[0] and "svr10-cons" in err[0]
+    assert not (tmp_path / "runs").exists()
 
 
 def test_equipartition_check_needs_both_consistency_and_resolution():
