@@ -167,6 +167,24 @@ def latest_checkpoint(workdir: Path, info: InputInfo) -> Path:
     return max(found, key=lambda sp: sp[0])[1]
 
 
+def prune_checkpoints(workdir: Path, prefix: str, keep: int) -> list[Path]:
+    """Delete i-PI's numbered checkpoints (``PREFIX.chk_K``, written with overwrite="false")
+    but the ``keep`` with the largest K; ``keep`` <= 0 keeps all. RESTART is never touched.
+    Keeping more than one leaves a fallback if the newest was cut short by a hard kill
+    (:func:`latest_checkpoint` skips an unreadable file). Returns the deleted paths."""
+    if keep <= 0:
+        return []
+    numbered = []
+    for path in workdir.glob(f"{prefix}.*chk_*" if prefix else "*chk_*"):
+        index = path.name.rsplit("_", 1)[1]
+        if index.isdigit() and path.is_file():
+            numbered.append((int(index), path))
+    old = [path for _, path in sorted(numbered)[:-keep]]
+    for path in old:
+        path.unlink(missing_ok=True)
+    return old
+
+
 def check_template_matches_checkpoint(template: Path, chk: Path) -> None:
     """RunError unless the structure file the drivers get as template lists the same
     elements in the same order as the atoms i-PI continues from: i-PI sends positions only,
@@ -534,7 +552,7 @@ def _follow(args, ipi: launch.Process, drivers: list[launch.Process], commands: 
     progress = None
     if info.properties_file and not args.quiet:
         progress = Progress(workdir / info.properties_file, info.total_steps, info.timestep_fs, start_step)
-    last_print = time.monotonic()
+    last_print = last_prune = time.monotonic()
     exit_seen = 0.0
     stalled_since, stalled_step = None, -1  # a driver died: when, and the last step then
     while True:
@@ -569,6 +587,7 @@ def _follow(args, ipi: launch.Process, drivers: list[launch.Process], commands: 
             if progress:
                 progress.poll()
                 print(progress.line())
+            prune_checkpoints(workdir, info.prefix, args.keep_checkpoints)
             print(f"ipi-nc run: finished; outputs in {workdir}")
             return 0
         step = follower.poll() if follower else -1
@@ -603,6 +622,9 @@ def _follow(args, ipi: launch.Process, drivers: list[launch.Process], commands: 
                 drivers[k] = launch.start_process(commands[driver.label], workdir, driver.log_path.name, threads, driver.label)
                 if stalled_since is None:
                     stalled_since, stalled_step = time.monotonic(), step
+        if time.monotonic() - last_prune >= 10.0:
+            prune_checkpoints(workdir, info.prefix, args.keep_checkpoints)
+            last_prune = time.monotonic()
         if progress:
             progress.poll()  # every loop: the steps/s clock must see the first rows early
         if progress and time.monotonic() - last_print >= args.progress_every:
@@ -643,6 +665,9 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--hang-timeout", type=float, default=60.0, metavar="S",
                    help="seconds without a new step after a driver died before i-PI counts as hung and is "
                    "restarted from its checkpoint (default 60)")
+    p.add_argument("--keep-checkpoints", type=int, default=3, metavar="N",
+                   help="numbered i-PI checkpoints (PREFIX.chk_K) kept in the workdir, the newest N; older ones are "
+                   "deleted as the run goes (default 3; 0 = keep all). RESTART is always kept")
     p.add_argument("--progress-every", type=float, default=5.0, help="seconds between progress lines (default 5)")
     p.add_argument("--startup-timeout", type=float, default=120.0, help="seconds to wait for i-PI's sockets (default 120)")
     p.add_argument("--quiet", action="store_true", help="no progress lines")

@@ -133,3 +133,33 @@ def test_forcefield_names_map_to_driver_modes():
     assert runner.driver_mode("slow", {"slow": "correction"}) == "correction"
     with pytest.raises(runner.RunError, match="--mode-for"):
         runner.driver_mode("slow", {})
+
+
+def test_prune_checkpoints_keeps_the_newest_numbered_ones(tmp_path):
+    for k in (1, 2, 3, 10, 11):  # numeric order, not name order: chk_10 is newer than chk_3
+        (tmp_path / f"run.chk_{k}").write_text("x")
+    (tmp_path / "RESTART").write_text("x")
+    (tmp_path / "other.chk_1").write_text("x")  # another prefix: not this run's
+    (tmp_path / "run.chk").write_text("x")  # an overwritten (unnumbered) checkpoint
+    deleted = runner.prune_checkpoints(tmp_path, "run", keep=2)
+    assert sorted(p.name for p in deleted) == ["run.chk_1", "run.chk_2", "run.chk_3"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["RESTART", "other.chk_1", "run.chk", "run.chk_10", "run.chk_11"]
+    assert runner.prune_checkpoints(tmp_path, "run", keep=0) == []
+
+
+@pytest.mark.slow
+def test_a_run_keeps_only_its_newest_checkpoints_and_resumes_from_them(files, tmp_path):
+    """A checkpoint every 2 steps for 20 steps writes 11 numbered files (step 0 too); the runner keeps the
+    newest 3 (--keep-checkpoints default), and --resume with more steps continues from them."""
+    xml = _small("nve/nve-direct.xml", tmp_path, files[0], "k", sockets="ffdirect", steps=20, checkpoint_fs=1.0)
+    work = tmp_path / "run"
+    assert runner.main([str(xml), "--model", str(files[1]), "--workdir", str(work), "--quiet"]) == 0
+    kept = sorted(work.glob("*.chk_*"), key=lambda p: int(p.name.rsplit("_", 1)[1]))
+    assert [int(p.name.rsplit("_", 1)[1]) for p in kept] == [8, 9, 10]  # chk_0 (step 0) .. chk_10 (step 20)
+    assert max(runner.checkpoint_step(p) for p in kept) == 20
+    assert runner.main([str(xml), "--model", str(files[1]), "--workdir", str(work), "--quiet", "--resume", "--steps", "24"]) == 0
+    assert _props(next(work.glob("*.out")))[-1, 0] == 24
+    assert len(list(work.glob("*.chk_*"))) == 3
+    work_all = tmp_path / "run-all"
+    assert runner.main([str(xml), "--model", str(files[1]), "--workdir", str(work_all), "--quiet", "--keep-checkpoints", "0"]) == 0
+    assert len(list(work_all.glob("*.chk_*"))) == 11
