@@ -278,6 +278,19 @@ def replica_summary(results: list[dict], labels: list[str] | None = None, target
             "estimates": estimates, "time_blocks": time_blocks(results, labels, interval)}
 
 
+def species_split(results: list[dict], hot: str = "T_O", cold: str = "T_H") -> dict | None:
+    """T_O - T_H (K) over replicas: the mean of the per-run differences of the run means, σ
+    from their spread / sqrt(n), and the spread of one run. The equipartition split without a
+    target (it holds under NVE, where each run keeps its own total temperature). None if a
+    run lacks either species."""
+    if len(results) < 2 or not all(hot in r["series"] and cold in r["series"] for r in results):
+        return None
+    per_run = np.array([np.mean(r["series"][hot]) - np.mean(r["series"][cold]) for r in results])
+    return {"label": f"{hot} - {cold}", "mean_k": float(per_run.mean()),
+            "stderr_k": float(per_run.std(ddof=1) / np.sqrt(len(per_run))),
+            "spread_k": float(per_run.std(ddof=1)), "per_run_k": per_run.tolist()}
+
+
 def paired_difference(results_a: list[dict], results_b: list[dict], labels: list[str] | None = None) -> dict:
     """a - b of each temperature (K) over replicas paired by index (replica k of both set-ups
     started from the same structure): mean of the per-pair differences of the run means, with
@@ -362,6 +375,11 @@ def analyze_replicas(runs: list[RunFiles], out: Path, target_k: float | None = N
           + "\n\nReplica mean per time block (a trend larger than σ = equilibration not finished):\n\n"
           + time_block_table(summary["time_blocks"], main, target_k)
           + "\n\nPer run (block-averaging σ):\n\n" + per_run)
+    split = species_split(results)
+    if split is not None:
+        summary["species_split"] = split
+        md += (f"\n\n{split['label']} (mean of the per-run differences, σ = spread / sqrt(n)): "
+               f"{split['mean_k']:+.2f} ± {split['stderr_k']:.2f} K; one run scatters {split['spread_k']:.2f} K.")
     paired = None
     if minus is not None:
         others = [temperatures_of(r, skip_ps, source, timestep_fs) for r in minus]

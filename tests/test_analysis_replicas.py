@@ -129,6 +129,10 @@ def test_cli_replicas_reports_replica_sigma(tmp_path, write_properties, experime
     assert est["T_O"]["ps_total_needed"] == pytest.approx((means.std(ddof=1) / 1.5) ** 2 * N * 1e-3, rel=1e-3)
     md = (out / "temperatures.md").read_text()
     assert "σ replicas (K)" in md and "| T_O |" in md and "| rep0 |" in md
+    split = data["replicas"]["species_split"]  # T_O - T_H per run: 290 - s - (305 + s)
+    assert split["mean_k"] == pytest.approx(-15.0 - 2.0 * means.mean())
+    assert split["stderr_k"] == pytest.approx(2.0 * means.std(ddof=1) / np.sqrt(8))
+    assert "T_O - T_H (mean of the per-run differences" in md
     assert analyze_main(["temperatures", runs[0], "--replicas", "--out", str(out)]) == 2
 
     # --minus: a second set-up sharing each replica's slow part (same start), T_O 4 K higher
