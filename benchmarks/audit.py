@@ -284,7 +284,8 @@ def stage_nvt(ctx) -> dict:
     from ipi_ncforces.analysis.readers import find_run
     from ipi_ncforces.analysis.temperatures import paired_difference, replica_summary, temperatures_of
 
-    out = {"temperatures": {}, "diffusion": {}, "replicas": ctx.preset.replicas}
+    out = {"temperatures": {}, "diffusion": {}, "replicas": ctx.preset.replicas,
+           "resolved_sigma_k": RESOLVED_SIGMA_K}  # the sigma that ps_total_needed is for
     rdfs = {}  # SVR runs: O-O g(r) of replica 0 (plotted, not in the JSON)
     per_case = {}  # run name -> temperatures_of per replica
     n_rep = ctx.preset.replicas
@@ -302,7 +303,7 @@ def stage_nvt(ctx) -> dict:
             est = replica_summary(per_run, ["T", "T_H", "T_O"], target_err_k=RESOLVED_SIGMA_K)["estimates"]
             out["temperatures"][name] = {label: {"delta_k": e["mean_k"] - target, "err_k": e["stderr_k"],
                                                  "spread_over_block": e["ratio"], "n_eff_per_run": e["n_eff_replicas"],
-                                                 "ps_total_needed_for_1p5k": e.get("ps_total_needed")}
+                                                 "ps_total_needed": e.get("ps_total_needed")}
                                          for label, e in est.items()}
         else:
             t = per_run[0]["temperatures"]
@@ -468,10 +469,10 @@ def sections(results: dict) -> list[tuple[str, list[str], list[list[str]], list[
                     + ([f"Runs of {lengths['nvt_ps']:g} ps (Langevin {lengths['langevin_ps']:g} ps), the first "
                         f"{lengths['skip_ps']:g} ps discarded. A conservative force field must be at equipartition: "
                         f"|Δ| < 2σ, with σ ≤ {RESOLVED_SIGMA_K:g} K to resolve a split of the paper's size."] if lengths else [])))
-        rows = [[name, *[f"{c[k]['n_eff_per_run']:.0f}" for k in ("T_H", "T_O")],
-                     *[f"{c[k]['ps_total_needed_for_1p5k']:.0f}" for k in ("T_H", "T_O")]]
-                for name, c in t["temperatures"].items()
-                if all(c.get(k, {}).get("ps_total_needed_for_1p5k") is not None for k in ("T_H", "T_O"))]
+        needed = {name: [c.get(k, {}).get("ps_total_needed", c.get(k, {}).get("ps_total_needed_for_1p5k"))  # older stage files
+                         for k in ("T_H", "T_O")] for name, c in t["temperatures"].items()}
+        rows = [[name, *[f"{c[k]['n_eff_per_run']:.0f}" for k in ("T_H", "T_O")], *[f"{x:.0f}" for x in needed[name]]]
+                for name, c in t["temperatures"].items() if None not in needed[name]]
         if rows:
             out.append(("Sampling (from the replica spread)", ["run", "independent samples per run: T_H", "T_O",
                                                                  f"ps of production for σ ≤ {RESOLVED_SIGMA_K:g} K: T_H", "T_O"], rows,

@@ -105,6 +105,7 @@ def test_nvt_replicas_give_sigma_from_their_spread(tmp_path):
         assert abs(first.positions - frames[k].positions).max() < 1e-6
     nvt = json.loads((tmp_path / "stages" / "nvt.json").read_text())
     assert nvt["replicas"] == 2 and set(nvt["temperatures"]) == {"svr10-cons", "svr10-direct"}
+    assert nvt["resolved_sigma_k"] == 1.5
     assert nvt["lengths"]["cases"] == ["svr10-cons", "svr10-direct"]  # NVT_CASES order, whatever the command's
     assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == [
         "svr10-cons-r0", "svr10-cons-r1", "svr10-direct-r0", "svr10-direct-r1"]
@@ -113,7 +114,7 @@ def test_nvt_replicas_give_sigma_from_their_spread(tmp_path):
     assert "svr10-direct - svr10-cons" in nvt["differences"]
     assert "spread of 2 replicas" in (tmp_path / "audit.md").read_text()
     for case in nvt["temperatures"].values():  # the effective sample count and the sampling a user must budget
-        assert all(case[k]["n_eff_per_run"] > 0 and case[k]["ps_total_needed_for_1p5k"] > 0 for k in ("T_H", "T_O"))
+        assert all(case[k]["n_eff_per_run"] > 0 and case[k]["ps_total_needed"] > 0 for k in ("T_H", "T_O"))
     assert "## Sampling (from the replica spread)" in (tmp_path / "audit.md").read_text()
 
 
