@@ -1,7 +1,7 @@
 """i-PI MD throughput through the real socket driver: conservative, direct, MTS M=2..16.
 
 Each variant is an NVE run of i-PI with ``ipi-nc driver`` processes on unix sockets,
-served the way ``ipi-nc run`` serves them by default:
+served the way ``ipi-nc run --transport sockets`` serves them:
 * conservative: one forcefield, F = -dE/dr, time step dt_fs.
 * direct: one forcefield, direct forces, time step dt_fs.
 * MTS M: i-PI's ``nmts [1, M]``; "cons" weighted [1, 0] (outer), "direct" [-1, 1]
@@ -12,7 +12,10 @@ served the way ``ipi-nc run`` serves them by default:
 Comparison rows at the smallest size (not with --quick): ``mts8-separate`` (one driver
 process per socket, each running the backbone: ``ipi-nc run --separate-mts-drivers``) and
 ``*-ffdirect`` (the model inside i-PI, ``<ffdirect>``, no socket; the two MTS forcefields
-share one model and pass, see ``ipi_driver/pes.py``).
+share one model and pass, see ``ipi_driver/pes.py``). ``ipi-nc run`` with its default
+``--transport auto`` serves single-level inputs over sockets and a classical MTS input on
+CPU in-process, so its default paths are ``mtsM-ffdirect`` against ``direct`` and
+``conservative`` (ratios ``mtsM-ffdirect_vs_direct`` etc., printed as "default paths").
 Throughput is per INNER step of dt_fs (the same physical time resolution for all):
 steps/s = M / t(outer step), ns/day = steps/s * dt_fs * 86400 / 1e6.
 Variants are interleaved round by round. Targets (issue 14): MTS M=8 >= 0.85x direct
@@ -64,7 +67,7 @@ def variants(quick: bool, comparisons: bool = False) -> dict[str, MDVariant]:
         out[f"mts{m}"] = MDVariant("mts", m)
     if comparisons and not quick:
         out["mts8-separate"] = MDVariant("mts", 8, shared=False)
-        for name in ("conservative", "direct", "mts8"):
+        for name in ("conservative", "direct", "mts4", "mts8"):
             out[f"{name}-ffdirect"] = MDVariant(out[name].forces, out[name].m, "ffdirect")
     return out
 
@@ -193,6 +196,9 @@ def run(cfg: BenchConfig, provider: Provider | None = None) -> dict:
                 if name.endswith("-ffdirect") and name != "direct-ffdirect":
                     for ref in ("direct", "conservative"):
                         entry["ratios"][f"{name}_vs_{ref}-ffdirect"] = speed[name] / speed[f"{ref}-ffdirect"]
+                        if name.startswith("mts"):  # ipi-nc run's default paths: MTS in-process, single-level sockets
+                            entry["default_path_ratios"] = entry.get("default_path_ratios", {})
+                            entry["default_path_ratios"][f"{name}_vs_{ref}"] = speed[name] / speed[ref]
             # what the socket + driver process add per direct step, relative to in-process
             entry["socket_overhead_direct"] = speed["direct-ffdirect"] / speed["direct"] - 1.0
         result["sizes"].append(entry)
@@ -210,6 +216,8 @@ def run(cfg: BenchConfig, provider: Provider | None = None) -> dict:
                       + " + ".join(f"{k} {x:.1f}" for k, x in profile["model_ms"].items())
                       + f" + driver I/O {profile['driver_socket_io_ms']:.1f} + i-PI/rest {profile['ipi_and_rest_ms']:.1f}",
                       flush=True)
+        for key, ratio in entry.get("default_path_ratios", {}).items():
+            print(f"[md] {n_atoms} atoms: default paths of ipi-nc run: {key.replace('_vs_', ' = ')} {ratio:.2f}x", flush=True)
         if "socket_overhead_direct" in entry:
             print(f"[md] {n_atoms} atoms: socket + driver process vs <ffdirect> (direct): "
                   f"{100 * entry['socket_overhead_direct']:+.1f} %", flush=True)
@@ -248,6 +256,10 @@ def markdown(section: dict) -> str:
             rows,
         )
     )
+    for entry in section["sizes"]:
+        if entry.get("default_path_ratios"):
+            text += (f"\n\nDefault paths of `ipi-nc run` at {entry['n_atoms']} atoms (MTS in-process, single-level over "
+                     "sockets): " + ", ".join(f"{k.replace('_vs_', ' = ')} {x:.2f}x" for k, x in entry["default_path_ratios"].items()))
     if prof_rows:
         text += "\n\nOne MTS outer step, ms (model passes per outer step from the drivers' exit summaries):\n\n"
         text += markdown_table(["atoms", "variant", "outer step", "model passes", "driver socket I/O",

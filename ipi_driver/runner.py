@@ -300,6 +300,49 @@ def shared_driver_command(
     return cmd + ["--mts-direct-port", str(direct.port)]
 
 
+def _n_beads(root: etree._Element) -> int:
+    """Beads of the system in an input (``initialize nbeads``) or a checkpoint (``beads nbeads``)."""
+    for path in ("system/initialize", "system/beads"):
+        el = root.find(path)
+        if el is not None and el.get("nbeads"):
+            return int(el.get("nbeads"))
+    return 1
+
+
+def serve_in_process(args: argparse.Namespace, root: etree._Element, info: InputInfo, model: Path) -> bool:
+    """Whether the input's ``<ffsocket>``s are to be served inside i-PI (``<ffdirect>``) instead of
+    by driver processes. ``--transport sockets``: never; ``in-process``: always; ``auto`` (the
+    default): for the case measured faster (README "Benchmarks", issue 14), an MTS pair that one
+    shared-backbone driver would serve (:func:`shared_mts_pair`), one system (no beads), CPU,
+    one driver per socket, our driver; everything else keeps its sockets."""
+    if not info.sockets or args.transport == "sockets":
+        return False
+    if args.transport == "in-process":
+        return True
+    modes = {s.name: driver_mode(s.name, args.mode_overrides) for s in info.sockets}
+    return (args.driver == "ipi-nc" and not args.separate_mts_drivers and args.drivers == 1
+            and args.device == "cpu" and _n_beads(root) == 1 and shared_mts_pair(info.sockets, modes, model) is not None)
+
+
+def sockets_to_ffdirect(root: etree._Element) -> list[str]:
+    """Replace every ``<ffsocket>`` by an ``<ffdirect>`` of the same name (``pbc`` and
+    ``batch_size`` kept; pes_path and parameters are filled in like any ``<ffdirect>``).
+    Returns the names."""
+    names = []
+    for sock in root.findall("ffsocket"):
+        direct = etree.Element("ffdirect", name=sock.get("name"))
+        if sock.get("pbc") is not None:
+            direct.set("pbc", sock.get("pbc"))
+        for tag, text in (("pes", "custom"), ("pes_path", ""), ("parameters", "")):
+            etree.SubElement(direct, tag).text = text
+        if sock.find("batch_size") is not None:
+            etree.SubElement(direct, "batch_size").text = sock.find("batch_size").text
+        direct.tail = sock.tail
+        sock.getparent().replace(sock, direct)
+        names.append(sock.get("name"))
+    return names
+
+
 class Progress:
     """Follows i-PI's properties file; reports step, ps, steps/s, ETA."""
 
@@ -375,6 +418,17 @@ def prepare(args: argparse.Namespace, announce: bool = True) -> tuple[Path, Inpu
     init_file = root.find("system/initialize/file")
     if init_file is not None and info.structure is not None:
         init_file.text = f" {info.structure} "
+    if serve_in_process(args, root, info, Path(args.model).resolve()):
+        sockets_to_ffdirect(root)
+    # what i-PI will serve: the input's forcefields, or on --resume the checkpoint's (a run
+    # resumes with the transport it started with)
+    present = {el.get("name") for el in root.findall("ffsocket")}
+    moved = [s.name for s in info.sockets if s.name not in present]
+    info.sockets = [s for s in info.sockets if s.name in present]
+    info.ffdirect = [el.get("name") for el in root.findall("ffdirect")]
+    if moved and announce and not args.quiet:
+        print(f"serving {', '.join(moved)} inside i-PI (<ffdirect>, --transport {args.transport}, no driver processes); "
+              "--transport sockets starts drivers instead")
     for el in root.findall("ffdirect"):
         mode = driver_mode(el.get("name"), args.mode_overrides)
         el.find("pes_path").text = f" {PES_PATH} "
@@ -651,6 +705,11 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in the workdir")
     p.add_argument("--mode-for", action="append", default=[], metavar="NAME=MODE", help="driver mode of a forcefield")
     p.add_argument("--driver", choices=("ipi-nc", "stock"), default="ipi-nc", help="ipi-nc driver (default) or i-PI's i-pi-py_driver with our PES")
+    p.add_argument("--transport", choices=("auto", "sockets", "in-process"), default="auto",
+                   help="how the input's <ffsocket>s are served: by driver processes (sockets), or by the model inside "
+                   "i-PI (in-process: each becomes an <ffdirect> with our PES; no drivers). auto (default): in-process "
+                   "for an MTS pair (conservative + direct socket, two-headed model) with one system on CPU and one "
+                   "driver per socket, measured faster (README Benchmarks); sockets otherwise")
     p.add_argument(
         "--separate-mts-drivers",
         action="store_true",

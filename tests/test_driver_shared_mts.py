@@ -136,13 +136,13 @@ def test_option_needs_a_model_with_both_heads(tmp_path, files):
     assert len(errors) == 1 and "both heads" in errors[0] and "direct" in errors[0], res.stderr
 
 
-def test_runner_serves_an_mts_input_with_one_shared_driver_by_default(files, tmp_path, capsys):
+def test_runner_serves_an_mts_input_over_sockets_with_one_shared_driver(files, tmp_path, capsys):
     from ipi_ncforces.ipi_driver import runner
 
     box, model = files
     xml, _, _ = write_mts_input(tmp_path / "mts.xml", box, "r")
     work = tmp_path / "run"
-    code = runner.main([str(xml), "--model", str(model), "--workdir", str(work), "--quiet"])
+    code = runner.main([str(xml), "--model", str(model), "--workdir", str(work), "--quiet", "--transport", "sockets"])
     assert code == 0, capsys.readouterr().err
     logs = sorted(p.name for p in work.glob("driver-*.log"))
     assert logs == ["driver-cons+direct-0.log"]
@@ -153,9 +153,76 @@ def test_runner_serves_an_mts_input_with_one_shared_driver_by_default(files, tmp
 
     xml2, _, _ = write_mts_input(tmp_path / "mts2.xml", box, "r2")
     work2 = tmp_path / "run2"
-    code = runner.main([str(xml2), "--model", str(model), "--workdir", str(work2), "--quiet", "--separate-mts-drivers"])
+    code = runner.main([str(xml2), "--model", str(model), "--workdir", str(work2), "--quiet", "--transport", "sockets",
+                        "--separate-mts-drivers"])
     assert code == 0, capsys.readouterr().err
     assert sorted(p.name for p in work2.glob("driver-*.log")) == ["driver-cons-0.log", "driver-direct-0.log"]
+
+
+def test_runner_serves_an_mts_input_in_process_by_default(files, tmp_path, capsys):
+    """--transport auto (the default) on a CPU MTS input: both <ffsocket>s become <ffdirect>s
+    (no driver process), one line says so; the trajectory is the one the shared socket
+    driver gives (same seed); --resume continues in-process."""
+    from ipi_ncforces.ipi_driver import runner
+
+    box, model = files
+    runs = {}
+    for transport in ("auto", "sockets"):
+        xml, _, _ = write_mts_input(tmp_path / f"mts-{transport}.xml", box, f"t{transport[0]}")
+        work = tmp_path / transport
+        capsys.readouterr()
+        code = runner.main([str(xml), "--model", str(model), "--workdir", str(work), "--transport", transport])
+        out, err = capsys.readouterr()
+        assert code == 0, err
+        runs[transport] = (work, out)
+    work, out = runs["auto"]
+    assert "serving cons, direct inside i-PI (<ffdirect>, --transport auto" in out
+    assert not list(work.glob("driver-*.log"))
+    written = (work / "input.xml").read_text()
+    assert written.count("<ffdirect") == 2 and "<ffsocket" not in written
+    assert list(runs["sockets"][0].glob("driver-*.log")) and "inside i-PI" not in runs["sockets"][1]
+    for name in ("sim.fcons.xyz", "sim.fdirect.xyz"):
+        a, b = (read_xyz_arrays(w / name) for w in (work, runs["sockets"][0]))
+        assert a.shape == b.shape and np.abs(a - b).max() < 1e-10
+    xml = tmp_path / "mts-auto.xml"
+    assert runner.main([str(xml), "--model", str(model), "--workdir", str(work), "--resume", "--steps",
+                        str(OUTER_STEPS + 4), "--quiet"]) == 0
+    assert not list(work.glob("driver-*.log")) and "<ffsocket" not in (work / "resume.xml").read_text()
+    steps = np.loadtxt(work / "sim.out", ndmin=2)[:, 0]
+    assert list(steps) == list(range(OUTER_STEPS + 5))
+
+
+def test_transport_auto_picks_in_process_only_where_measured_faster(tmp_path):
+    """auto: in-process for a classical MTS pair on CPU with our driver, one per socket, a
+    two-headed model; sockets for PIMD, GPU, several drivers, the stock driver, single-level
+    inputs, an energy-only model. in-process / sockets force it either way."""
+    import argparse
+
+    from lxml import etree
+
+    from ipi_ncforces.inputs import WATER16_XYZ
+    from ipi_ncforces.ipi_driver import runner
+    from ipi_ncforces.models import SHIPPED_MODELS_DIR
+
+    shipped = make.shipped_variants()
+
+    def decide(rel: str, model: str = "water-m.pt", **options) -> bool:
+        xml = make.write(make.with_changes(shipped[rel], structure=str(WATER16_XYZ)), tmp_path / rel.replace("/", "-"))
+        tree = etree.parse(str(xml))
+        args = argparse.Namespace(**{"transport": "auto", "driver": "ipi-nc", "separate_mts_drivers": False,
+                                     "drivers": 1, "device": "cpu", "mode_overrides": {}, **options})
+        return runner.serve_in_process(args, tree.getroot(), runner.read_input(tree, xml.parent), SHIPPED_MODELS_DIR / model)
+
+    assert decide("nve/nve-mts.xml") and decide("nvt/svr-tau10-mts.xml")
+    assert not decide("pimd/pilel-8b-mts.xml")
+    assert not decide("nve/nve-mts.xml", device="cuda")
+    assert not decide("nve/nve-mts.xml", drivers=2)
+    assert not decide("nve/nve-mts.xml", driver="stock")
+    assert not decide("nve/nve-mts.xml", separate_mts_drivers=True)
+    assert not decide("nve/nve-mts.xml", model="water-c.pt")
+    assert not decide("nve/nve-direct.xml")
+    assert decide("nve/nve-direct.xml", transport="in-process")
+    assert not decide("nve/nve-mts.xml", transport="sockets")
 
 
 # ----------------------------------------------------------------------------- in-process (<ffdirect>)

@@ -145,13 +145,13 @@ def test_killed_driver_is_replaced_and_every_step_is_written_once(box_file, toy_
 
 @pytest.mark.slow
 def test_killed_shared_mts_driver_is_replaced_and_the_run_goes_on(box_file, toy_model_file, tmp_path):
-    """The default MTS layout: ONE driver serves both sockets. SIGKILL resets both of its
+    """The MTS layout over sockets: ONE driver serves both sockets. SIGKILL resets both of its
     connections; the runner starts a new one and i-PI (threaded dispatch, requeue) goes on."""
     steps = 20
     xml = _input(tmp_path, box_file, "m", rel="nve/nve-mts.xml", steps=steps, properties_fs=4.0,
                  positions_fs=4.0, checkpoint_fs=40.0)
     work = tmp_path / "run"
-    run = Run(_run_cmd(xml, toy_model_file, work))
+    run = Run(_run_cmd(xml, toy_model_file, work, "--transport", "sockets"))  # auto serves MTS in-process
     out = work / f"{xml.stem}.out"
     run.kill_child_after(out, 6, b"--mts-direct-address")
     code, err = run.finish()

@@ -44,8 +44,10 @@ SOCKET_CASES = ["nve/nve-mts.xml", "pimd/pilel-8b-mts.xml", "nvt/svr-tau10-direc
 @pytest.mark.parametrize("rel", SOCKET_CASES)
 def test_shipped_input_runs_under_runner_with_socket_drivers(rel, files, tmp_path, capsys):
     xml = _small(rel, tmp_path, files[0], "s")
-    code = runner.main([str(xml), "--model", str(files[1]), "--workdir", str(tmp_path / "run"), "--progress-every", "0.5"])
+    code = runner.main([str(xml), "--model", str(files[1]), "--workdir", str(tmp_path / "run"), "--progress-every", "0.5",
+                        "--transport", "sockets"])
     assert code == 0, capsys.readouterr().err
+    assert list((tmp_path / "run").glob("driver-*.log"))
     props = _props(next((tmp_path / "run").glob("*.out")))
     assert props[-1, 0] >= 1 and np.all(np.isfinite(props))
     assert "finished" in capsys.readouterr().out
