@@ -20,7 +20,7 @@ demo: install
 	$(BIN)/ipi-nc demo --out demo-out
 
 test: install
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q --durations=15 tests
 
 bench: install
 	$(BIN)/ipi-nc bench --out bench-out

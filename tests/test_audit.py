@@ -119,17 +119,24 @@ def test_nvt_replicas_give_sigma_from_their_spread(tmp_path):
 
 
 @pytest.mark.slow
-def test_longer_nvt_runs_extend_the_finished_ones(tmp_path, capsys):
-    """--nvt-ps larger than a finished audit's: its SVR runs continue from their checkpoints
-    (no step twice, none missing), the Langevin runs with an unchanged --langevin-ps are kept,
-    the stage is redone with the new lengths; asking for shorter runs is refused."""
+def test_more_cases_and_longer_runs_keep_what_is_finished(tmp_path, capsys):
+    """--cases lang100-cons, then all cases: the Langevin run is kept (not rerun), the SVR one
+    added; then a larger --nvt-ps: the SVR run continues from its checkpoint (no step twice,
+    none missing), the Langevin run with an unchanged --langevin-ps is kept, the stage is
+    redone with the new lengths; asking for shorter runs is refused."""
     from ipi_ncforces.analysis.readers import find_run, read_properties
 
     base = ["qtip4pf", "--quick", "--stages", "nvt", "--langevin-ps", "0.04", "--out", str(tmp_path)]
-    assert main(base + ["--nvt-ps", "0.06"]) == 0
+    assert main(base + ["--nvt-ps", "0.06", "--cases", "lang100-cons"]) == 0
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["lang100-cons-r0"]
     lang_log = tmp_path / "runs" / "lang100-cons-r0" / "audit-run.log"
     lang_before = lang_log.stat().st_mtime_ns
     capsys.readouterr()
+    assert main(base + ["--nvt-ps", "0.06"]) == 0  # all the reference's cases: svr10-cons added
+    assert "other lengths, redone" in capsys.readouterr().out
+    assert lang_log.stat().st_mtime_ns == lang_before
+    nvt = json.loads((tmp_path / "stages" / "nvt.json").read_text())
+    assert set(nvt["temperatures"]) == {"svr10-cons", "lang100-cons"} and "cases" not in nvt["lengths"]
     assert main(base + ["--nvt-ps", "0.1"]) == 0
     assert "other lengths, redone" in capsys.readouterr().out
     steps = read_properties(find_run(tmp_path / "runs" / "svr10-cons-r0").properties)["step"]
@@ -142,23 +149,6 @@ def test_longer_nvt_runs_extend_the_finished_ones(tmp_path, capsys):
     assert main(base + ["--nvt-ps", "0.06"]) == 1
     assert "more than the 120 asked for" in capsys.readouterr().err
     assert main(base + ["--nvt-ps", "0.01"]) == 2  # not longer than the 0.02 ps skipped
-
-
-@pytest.mark.slow
-def test_more_cases_later_keep_the_finished_runs(tmp_path, capsys):
-    """--cases svr10-cons, then --cases svr10-cons lang100-cons on the same --out: the SVR run
-    is kept (not rerun), the Langevin one is added, the NVT stage is redone with both."""
-    base = ["qtip4pf", "--quick", "--stages", "nvt", "--nvt-ps", "0.04", "--out", str(tmp_path)]
-    assert main(base + ["--cases", "svr10-cons"]) == 0
-    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["svr10-cons-r0"]
-    svr_log = tmp_path / "runs" / "svr10-cons-r0" / "audit-run.log"
-    svr_before = svr_log.stat().st_mtime_ns
-    capsys.readouterr()
-    assert main(base + ["--cases", "svr10-cons", "lang100-cons"]) == 0
-    assert "other lengths, redone" in capsys.readouterr().out
-    assert svr_log.stat().st_mtime_ns == svr_before
-    nvt = json.loads((tmp_path / "stages" / "nvt.json").read_text())
-    assert set(nvt["temperatures"]) == {"svr10-cons", "lang100-cons"}
 
 
 def test_direct_cases_for_an_energy_only_model_are_refused(tmp_path, capsys):
