@@ -117,7 +117,17 @@ def run_md(v: make.Variant, provider: Provider, workdir: Path, timeout_s: float 
     log = ipi.log_text()
     times = [float(t) for _, t in STEP_RE.findall(log)]
     return MDResult(step_times_s=times, wall_s=wall, returncode=rc, log_tail="\n".join(log.splitlines()[-15:]),
-                    driver_logs=[d.log_text()[-4000:] for d in drivers], cpu_s_per_step=cpu_window)
+                    driver_logs=[d.log_text()[-4000:] for d in drivers] or _in_process_summary(log),
+                    cpu_s_per_step=cpu_window)
+
+
+def _in_process_summary(ipi_log: str) -> list[str]:
+    """The exit summary our in-process PES writes into i-PI's log (``<ffdirect>`` runs), as a
+    'driver log' for the profile; empty when there is none."""
+    from ipi_ncforces.ipi_driver.pes import SUMMARY_PREFIX
+
+    lines = [ln for ln in ipi_log.splitlines() if ln.startswith(SUMMARY_PREFIX)]
+    return ["\n".join(lines)] if lines else []
 
 
 def _cpu_s(processes: list[launch.Process]) -> float:

@@ -98,7 +98,8 @@ def outer_step_profile(logs: list[str], outer_steps: int, t_outer_ms: float, m: 
     passes (mean ms x passes per outer step), the drivers' socket I/O (median ms x requests
     per outer step) and the rest of the step (i-PI, socket round trips, CPU waits).
     Passes per outer step = all passes of the run / outer steps (the initial force call
-    included). None when a summary is missing (e.g. in-process variants)."""
+    included). In-process variants: the same summary, written by our PES into i-PI's log
+    (no socket I/O: the rest is i-PI's own step). None when a summary is missing."""
     passes: dict[str, float] = {}
     io_ms = 0.0
     for text in logs:

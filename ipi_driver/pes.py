@@ -31,7 +31,12 @@ separate evaluators (float round-off aside). ``shared_pass: false`` turns it off
 
 from __future__ import annotations
 
+import sys
+import weakref
+
 from ipi.pes.dummy import Dummy_driver
+
+SUMMARY_PREFIX = "ipi-nc pes (in-process): "  # exit-summary lines in i-PI's log (parsed by benchmarks/md.py)
 
 __DRIVER_NAME__ = "ncforces"
 __DRIVER_CLASS__ = "NCForcesDriver"
@@ -100,7 +105,11 @@ class NCForcesDriver(Dummy_driver):
             self.shared_pass and partner is not None and partner.shared_pass and partner.paired_with is None
             and {self.mode, partner.mode} == {CONSERVATIVE, DIRECT} and self._pair_with(partner)
         ):
-            return
+            return  # the partner's exit summary covers both
+        # i-PI ends with os._exit after its soft-exit callbacks: atexit would not run
+        from ipi.utils.softexit import softexit
+
+        softexit.register_function(_print_summary, weakref.ref(self))
         self.evaluator = build_evaluator(
             model_path=self.model_path,
             structure_path=self.template,
@@ -147,3 +156,15 @@ class NCForcesDriver(Dummy_driver):
         if isinstance(cell, list):
             return self._serve(cell, pos)
         return self.compute_structure(cell, pos)
+
+
+def _print_summary(ref: "weakref.ref[NCForcesDriver]") -> None:
+    """At i-PI's exit: the request timings of an in-process PES, as ``ipi-nc driver`` prints
+    them on exit (one line per kind of pass; the shared pass of an MTS pair once)."""
+    pes = ref()
+    if pes is None or getattr(pes, "evaluator", None) is None:
+        return
+    shared = getattr(pes, "shared", None)
+    text = shared.summary() if shared is not None else f"{pes.mode} forces: {pes.evaluator.timings.summary()}"
+    for line in text.splitlines():
+        print(SUMMARY_PREFIX + line, file=sys.stderr, flush=True)

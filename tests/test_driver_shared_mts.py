@@ -180,6 +180,9 @@ def test_runner_serves_an_mts_input_in_process_by_default(files, tmp_path, capsy
     assert not list(work.glob("driver-*.log"))
     written = (work / "input.xml").read_text()
     assert written.count("<ffdirect") == 2 and "<ffsocket" not in written
+    # the in-process exit summary (i-PI's log), as a driver prints its own: the shared pass served the outer steps
+    assert re.search(r"ipi-nc pes \(in-process\): direct socket: \d+ requests, [1-9]\d* served from the shared pass",
+                     (work / "ipi.log").read_text())
     assert list(runs["sockets"][0].glob("driver-*.log")) and "inside i-PI" not in runs["sockets"][1]
     for name in ("sim.fcons.xyz", "sim.fdirect.xyz"):
         a, b = (read_xyz_arrays(w / name) for w in (work, runs["sockets"][0]))
