@@ -324,11 +324,9 @@ def serve_in_process(args: argparse.Namespace, root: etree._Element, info: Input
             and args.device == "cpu" and _n_beads(root) == 1 and shared_mts_pair(info.sockets, modes, model) is not None)
 
 
-def sockets_to_ffdirect(root: etree._Element) -> list[str]:
+def sockets_to_ffdirect(root: etree._Element) -> None:
     """Replace every ``<ffsocket>`` by an ``<ffdirect>`` of the same name (``pbc`` and
-    ``batch_size`` kept; pes_path and parameters are filled in like any ``<ffdirect>``).
-    Returns the names."""
-    names = []
+    ``batch_size`` kept; pes_path and parameters are filled in like any ``<ffdirect>``)."""
     for sock in root.findall("ffsocket"):
         direct = etree.Element("ffdirect", name=sock.get("name"))
         if sock.get("pbc") is not None:
@@ -339,8 +337,6 @@ def sockets_to_ffdirect(root: etree._Element) -> list[str]:
             etree.SubElement(direct, "batch_size").text = sock.find("batch_size").text
         direct.tail = sock.tail
         sock.getparent().replace(sock, direct)
-        names.append(sock.get("name"))
-    return names
 
 
 class Progress:
