@@ -182,7 +182,8 @@ def run(cfg: BenchConfig, provider: Provider | None = None) -> dict:
             f"{name}_vs_{ref}": [b / a for a, b in zip(per_variant[name], per_variant[ref])]
             for ref in ("direct", "conservative") for name in v if name != ref
         }
-        cpu_ms = {name: v[name]["cpu_ms_per_inner_step"] for name in v if "cpu_ms_per_inner_step" in v[name]}
+        # 0 = no clock tick seen in the window (/proc counts 10 ms ticks; --quick runs 8 steps): no measurement
+        cpu_ms = {name: v[name]["cpu_ms_per_inner_step"] for name in v if v[name].get("cpu_ms_per_inner_step")}
         entry["cpu_ratios"] = {  # throughput ratios from CPU time per step (what an idle machine would give)
             f"{name}_vs_{ref}{suffix}": cpu_ms[ref + suffix] / cpu_ms[name]
             for suffix in ("", "-ffdirect") for ref in ("direct", "conservative")
@@ -198,8 +199,7 @@ def run(cfg: BenchConfig, provider: Provider | None = None) -> dict:
                     for ref in ("direct", "conservative"):
                         entry["ratios"][f"{name}_vs_{ref}-ffdirect"] = speed[name] / speed[f"{ref}-ffdirect"]
                         if name.startswith("mts"):  # ipi-nc run's default paths: MTS in-process, single-level sockets
-                            entry["default_path_ratios"] = entry.get("default_path_ratios", {})
-                            entry["default_path_ratios"][f"{name}_vs_{ref}"] = speed[name] / speed[ref]
+                            entry.setdefault("default_path_ratios", {})[f"{name}_vs_{ref}"] = speed[name] / speed[ref]
             # what the socket + driver process add per direct step, relative to in-process
             entry["socket_overhead_direct"] = speed["direct-ffdirect"] / speed["direct"] - 1.0
         result["sizes"].append(entry)
