@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.soak_steps is not None and args.soak_steps < 1:
         return fail("--soak-steps must be >= 1")
     torch.set_num_threads(args.threads)
-    out = Path(args.out)
+    out = Path(args.out).resolve()  # i-PI runs in its own workdir: paths in its input must not be relative
     out.mkdir(parents=True, exist_ok=True)
     gpu = args.device.startswith("cuda")
     try:

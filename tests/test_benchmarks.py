@@ -14,10 +14,11 @@ from ipi_ncforces.models.pair_toy import PairToyModel
 
 
 @pytest.mark.slow
-def test_quick_bench_writes_json_and_markdown(tmp_path):
+def test_quick_bench_writes_json_and_markdown(tmp_path, monkeypatch):
     model = save_model(PairToyModel(), tmp_path / "toy.pt")
     out = tmp_path / "bench"
-    assert main(["--quick", "--out", str(out), "--model", str(model)]) == 0
+    monkeypatch.chdir(tmp_path)  # a relative --out (as the default bench-out) must reach i-PI's workdir intact
+    assert main(["--quick", "--out", "bench", "--model", str(model)]) == 0
 
     results = json.loads((out / "results.json").read_text())
     assert results["model"]["model_type"] == "pair_toy"
