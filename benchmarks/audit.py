@@ -574,8 +574,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--langevin-ps", type=float, help="length of one Langevin NVT run in ps (default: the preset's: default 4, else --nvt-ps)")
     p.add_argument("--skip-ps", type=float, help="ps discarded at the start of each NVT run (default: the preset's: "
                    "quick 0.02, default 0.5, paper 2)")
-    p.add_argument("--in-process", action="store_true", help="run the model inside i-PI (<ffdirect>, one process per "
-                   "MD run) instead of drivers over unix sockets (the quick preset always does)")
+    p.add_argument("--in-process", action="store_true", help="write the MD inputs with <ffdirect> (model inside i-PI, one "
+                   "process per MD run; the quick preset always does) instead of <ffsocket>s, which ipi-nc run "
+                   "serves in-process on CPU too (--transport auto)")
     p.add_argument("--stages", nargs="+", choices=[s for s, _ in STAGES], default=[s for s, _ in STAGES])
     p.add_argument("--cases", nargs="+", choices=[c[0] for c in NVT_CASES], metavar="CASE",
                    help="NVT cases to run (default: all the model can run: " + ", ".join(c[0] for c in NVT_CASES)

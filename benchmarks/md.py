@@ -13,9 +13,9 @@ Comparison rows at the smallest size (not with --quick): ``mts8-separate`` (one 
 process per socket, each running the backbone: ``ipi-nc run --separate-mts-drivers``) and
 ``*-ffdirect`` (the model inside i-PI, ``<ffdirect>``, no socket; the two MTS forcefields
 share one model and pass, see ``ipi_driver/pes.py``). ``ipi-nc run`` with its default
-``--transport auto`` serves single-level inputs over sockets and a classical MTS input on
-CPU in-process, so its default paths are ``mtsM-ffdirect`` against ``direct`` and
-``conservative`` (ratios ``mtsM-ffdirect_vs_direct`` etc., printed as "default paths").
+``--transport auto`` serves single-level and MTS inputs of one system on CPU in-process, so
+its default paths are the ``*-ffdirect`` rows (ratios ``mtsM-ffdirect_vs_direct-ffdirect``
+etc., printed as "default paths").
 Throughput is per INNER step of dt_fs (the same physical time resolution for all):
 steps/s = M / t(outer step), ns/day = steps/s * dt_fs * 86400 / 1e6.
 Variants are interleaved round by round. Targets (issue 14): MTS M=8 >= 0.85x direct
@@ -195,11 +195,14 @@ def run(cfg: BenchConfig, provider: Provider | None = None) -> dict:
         entry["cost_model_vs_direct"] = {f"mts{m}": 1.0 / (1.0 + (f_cost - 1.0) / m) for m in MTS_FACTORS}
         if "direct-ffdirect" in v:
             for name in v:
-                if name.endswith("-ffdirect") and name != "direct-ffdirect":
+                if name.endswith("-ffdirect"):
                     for ref in ("direct", "conservative"):
+                        if name == f"{ref}-ffdirect":
+                            continue
                         entry["ratios"][f"{name}_vs_{ref}-ffdirect"] = speed[name] / speed[f"{ref}-ffdirect"]
-                        if name.startswith("mts"):  # ipi-nc run's default paths: MTS in-process, single-level sockets
-                            entry.setdefault("default_path_ratios", {})[f"{name}_vs_{ref}"] = speed[name] / speed[ref]
+                        if name.startswith("mts"):  # ipi-nc run's default paths on CPU: all in-process
+                            entry.setdefault("default_path_ratios", {})[f"{name}_vs_{ref}-ffdirect"] = \
+                                entry["ratios"][f"{name}_vs_{ref}-ffdirect"]
             # what the socket + driver process add per direct step, relative to in-process
             entry["socket_overhead_direct"] = speed["direct-ffdirect"] / speed["direct"] - 1.0
         result["sizes"].append(entry)
@@ -259,8 +262,8 @@ def markdown(section: dict) -> str:
     )
     for entry in section["sizes"]:
         if entry.get("default_path_ratios"):
-            text += (f"\n\nDefault paths of `ipi-nc run` at {entry['n_atoms']} atoms (MTS in-process, single-level over "
-                     "sockets): " + ", ".join(f"{k.replace('_vs_', ' = ')} {x:.2f}x" for k, x in entry["default_path_ratios"].items()))
+            text += (f"\n\nDefault paths of `ipi-nc run` at {entry['n_atoms']} atoms on CPU (all in-process): "
+                     + ", ".join(f"{k.replace('_vs_', ' = ')} {x:.2f}x" for k, x in entry["default_path_ratios"].items()))
     if prof_rows:
         text += "\n\nOne MTS outer step, ms (model passes per outer step from the drivers' exit summaries):\n\n"
         text += markdown_table(["atoms", "variant", "outer step", "model passes", "driver socket I/O",

@@ -160,7 +160,8 @@ def soak(
     work = Path(work)
     run_dir = work / f"run-{label}"
     xml = write_input(work, structure, steps, transport, label)
-    cmd = [launch.find_executable("ipi-nc"), "run", xml, "--model", model, "--workdir", run_dir, "--device", device, "--quiet"]
+    cmd = [launch.find_executable("ipi-nc"), "run", xml, "--model", model, "--workdir", run_dir, "--device", device, "--quiet",
+           "--transport", "sockets" if transport == "socket" else "in-process"]
     run_log = work / f"soak-{label}.log"
     run_log.unlink(missing_ok=True)
     properties = run_dir / f"soak-{label}.out"

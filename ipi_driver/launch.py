@@ -34,6 +34,7 @@ i-PI 3.3.1 behaviour handled here, in one place:
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import socket
@@ -48,6 +49,7 @@ from pathlib import Path
 DEFAULT_SOCKETS_PREFIX = "/tmp/ipi_"  # i-PI's default <simulation sockets_prefix>
 IPI_EXIT_GRACE_S = 60.0  # seconds i-PI may take to write its last files after sending EXIT
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+_EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception): ")  # a traceback's last line
 
 
 class LaunchError(RuntimeError):
@@ -91,8 +93,13 @@ class Process:
         return self.log_path.read_text(errors="replace") if self.log_path.is_file() else ""
 
     def log_tail(self, lines: int = 3) -> str:
-        """The last non-empty log lines joined by ' | ' (for one-line error messages)."""
+        """The last Python exception line of the log (``ForceError: ...``, module path dropped), or
+        else its last non-empty lines joined by ' | ' (for one-line error messages)."""
         kept = [ln.strip() for ln in self.log_text().splitlines() if ln.strip()]
+        raised = [ln for ln in kept if _EXCEPTION_LINE.match(ln)]
+        if raised:
+            name, message = raised[-1].split(":", 1)
+            return name.rsplit(".", 1)[-1] + ":" + message
         return " | ".join(kept[-lines:])
 
     def wait(self, timeout_s: float | None = None) -> int:

@@ -16,7 +16,9 @@ What it does, in order:
    ``--mode-for NAME=MODE`` overrides); an MTS input (one conservative + one direct
    socket) with a two-headed model gets ONE driver per --drivers serving both sockets with
    a shared backbone pass (``ipi-nc driver --mts-direct-address``; the faster path, see
-   README "Benchmarks"), unless ``--separate-mts-drivers``;
+   README "Benchmarks"), unless ``--separate-mts-drivers``. With ``--transport auto`` (the
+   default) a single-level or MTS input of one system on CPU is served inside i-PI instead
+   (``<ffdirect>``, no drivers; :func:`serve_in_process`);
 4. prints step, simulated ps, steps/s and ETA from i-PI's properties file as it grows;
 5. on completion waits for everything to exit; on Ctrl-C / SIGTERM stops the rest (i-PI
    gets SIGTERM, i.e. its soft exit that writes RESTART) and returns 128 + signal;
@@ -312,16 +314,20 @@ def _n_beads(root: etree._Element) -> int:
 def serve_in_process(args: argparse.Namespace, root: etree._Element, info: InputInfo, model: Path) -> bool:
     """Whether the input's ``<ffsocket>``s are to be served inside i-PI (``<ffdirect>``) instead of
     by driver processes. ``--transport sockets``: never; ``in-process``: always; ``auto`` (the
-    default): for the case measured faster (README "Benchmarks", issue 14), an MTS pair that one
-    shared-backbone driver would serve (:func:`shared_mts_pair`), one system (no beads), CPU,
-    one driver per socket, our driver; everything else keeps its sockets."""
+    default): where it was measured faster (README "Benchmarks", issue 14): one system (no
+    beads) on CPU, our driver, one driver per socket, and either one conservative or direct
+    socket, or an MTS pair that one shared-backbone driver would serve (:func:`shared_mts_pair`);
+    everything else (PIMD, GPU, stock driver, other socket sets) keeps its sockets."""
     if not info.sockets or args.transport == "sockets":
         return False
     if args.transport == "in-process":
         return True
+    if not (args.driver == "ipi-nc" and args.drivers == 1 and args.device == "cpu" and _n_beads(root) == 1):
+        return False
     modes = {s.name: driver_mode(s.name, args.mode_overrides) for s in info.sockets}
-    return (args.driver == "ipi-nc" and not args.separate_mts_drivers and args.drivers == 1
-            and args.device == "cpu" and _n_beads(root) == 1 and shared_mts_pair(info.sockets, modes, model) is not None)
+    if len(info.sockets) == 1:
+        return modes[info.sockets[0].name] in (CONSERVATIVE, DIRECT)  # check_model vetted the model's heads
+    return not args.separate_mts_drivers and shared_mts_pair(info.sockets, modes, model) is not None
 
 
 def sockets_to_ffdirect(root: etree._Element) -> None:
@@ -704,8 +710,9 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--transport", choices=("auto", "sockets", "in-process"), default="auto",
                    help="how the input's <ffsocket>s are served: by driver processes (sockets), or by the model inside "
                    "i-PI (in-process: each becomes an <ffdirect> with our PES; no drivers). auto (default): in-process "
-                   "for an MTS pair (conservative + direct socket, two-headed model) with one system on CPU and one "
-                   "driver per socket, measured faster (README Benchmarks); sockets otherwise")
+                   "for one conservative or direct socket, or an MTS pair (conservative + direct socket, two-headed "
+                   "model), with one system on CPU and one driver per socket, measured faster (README Benchmarks); "
+                   "sockets otherwise (PIMD, GPU, --driver stock, --drivers N)")
     p.add_argument(
         "--separate-mts-drivers",
         action="store_true",

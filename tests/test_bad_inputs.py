@@ -125,18 +125,22 @@ def test_direct_mode_on_a_model_without_a_direct_head(case):
     assert "energy-only.pt" in line and "direct" in line
 
 
-def test_nan_forces_are_never_sent_to_ipi(case, tmp_path):
-    # found during the run (exit 1): the driver refuses at request 1, the runner stops i-PI;
-    # i-PI recorded no step (it never got forces), so nothing non-finite reached an output
+@pytest.mark.parametrize("transport", ["sockets", "in-process"])
+def test_nan_forces_are_never_sent_to_ipi(case, tmp_path, transport):
+    # found during the run (exit 1): the driver (or the in-process PES) refuses at request 1, the
+    # runner stops i-PI; i-PI recorded no step (it never got forces), so nothing non-finite
+    # reached an output
     nan_model = PairToyModel()
     nan_model.species_sign.fill_(float("nan"))
     nan_path = save_model(nan_model, tmp_path / "nan.pt")
     fresh = tmp_path / "fresh"
-    proc = subprocess.run(_cmd(case["xml"], nan_path, fresh, "--max-restarts", "3"), capture_output=True, text=True, timeout=120)
+    cmd = _cmd(case["xml"], nan_path, fresh, "--max-restarts", "3", "--transport", transport)
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
     assert proc.returncode == 1 and len(lines) == 1, proc.stderr
     print(f"\n{lines[0]}")
-    assert "driver 'direct-0' exited with code 1" in lines[0] and "NaN/inf forces" in lines[0] and "not sent to i-PI" in lines[0]
+    who = "driver 'direct-0' exited with code 1" if transport == "sockets" else "i-PI exited with code 1: ForceError: "
+    assert who in lines[0] and "NaN/inf forces" in lines[0] and "not sent to i-PI" in lines[0]
     for out in fresh.glob(f"{case['xml'].stem}*.out"):
         assert "nan" not in out.read_text().lower()
     for traj in fresh.glob("*.xyz"):

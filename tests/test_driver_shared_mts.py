@@ -196,9 +196,10 @@ def test_runner_serves_an_mts_input_in_process_by_default(files, tmp_path, capsy
 
 
 def test_transport_auto_picks_in_process_only_where_measured_faster(tmp_path):
-    """auto: in-process for a classical MTS pair on CPU with our driver, one per socket, a
-    two-headed model; sockets for PIMD, GPU, several drivers, the stock driver, single-level
-    inputs, an energy-only model. in-process / sockets force it either way."""
+    """auto: in-process for one system on CPU with our driver, one per socket, and one
+    conservative or direct socket or an MTS pair with a two-headed model; sockets for PIMD, GPU,
+    several drivers, the stock driver, a correction socket, an MTS pair on an energy-only model.
+    in-process / sockets force it either way."""
     import argparse
 
     from lxml import etree
@@ -223,8 +224,13 @@ def test_transport_auto_picks_in_process_only_where_measured_faster(tmp_path):
     assert not decide("nve/nve-mts.xml", driver="stock")
     assert not decide("nve/nve-mts.xml", separate_mts_drivers=True)
     assert not decide("nve/nve-mts.xml", model="water-c.pt")
-    assert not decide("nve/nve-direct.xml")
-    assert decide("nve/nve-direct.xml", transport="in-process")
+    assert decide("nve/nve-direct.xml") and decide("nvt/svr-tau10-cons.xml")
+    assert decide("nve/nve-cons.xml", model="water-c.pt")
+    assert not decide("pimd/pilel-8b-direct.xml")
+    assert not decide("nve/nve-direct.xml", device="cuda")
+    assert not decide("nve/nve-direct.xml", mode_overrides={"direct": "correction"})
+    assert not decide("nve/nve-direct.xml", transport="sockets")
+    assert decide("pimd/pilel-8b-mts.xml", transport="in-process")
     assert not decide("nve/nve-mts.xml", transport="sockets")
 
 

@@ -36,7 +36,7 @@ def _input(tmp: Path, structure: Path, tag: str, rel: str = "nve/nve-direct.xml"
 
 def _run_cmd(xml: Path, model: Path, workdir: Path, *extra: str) -> list[str]:
     return [sys.executable, "-m", "ipi_ncforces.cli", "run", str(xml), "--model", str(model),
-            "--workdir", str(workdir), "--quiet", *extra]
+            "--workdir", str(workdir), "--quiet", "--transport", "sockets", *extra]  # auto would serve in-process
 
 
 def _rows(path: Path) -> int:
@@ -151,7 +151,7 @@ def test_killed_shared_mts_driver_is_replaced_and_the_run_goes_on(box_file, toy_
     xml = _input(tmp_path, box_file, "m", rel="nve/nve-mts.xml", steps=steps, properties_fs=4.0,
                  positions_fs=4.0, checkpoint_fs=40.0)
     work = tmp_path / "run"
-    run = Run(_run_cmd(xml, toy_model_file, work, "--transport", "sockets"))  # auto serves MTS in-process
+    run = Run(_run_cmd(xml, toy_model_file, work))
     out = work / f"{xml.stem}.out"
     run.kill_child_after(out, 6, b"--mts-direct-address")
     code, err = run.finish()

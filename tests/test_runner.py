@@ -114,7 +114,7 @@ def test_resume_after_kill_reproduces_the_uninterrupted_trajectory(files, tmp_pa
 def test_dead_driver_stops_the_run_with_a_clear_message(files, tmp_path):
     structure, model = files
     xml = _small("nve/nve-direct.xml", tmp_path, structure, "k", steps=100000)
-    proc = subprocess.Popen(_run_cmd(xml, model, tmp_path / "K", "--max-restarts", "0"), stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(_run_cmd(xml, model, tmp_path / "K", "--max-restarts", "0", "--transport", "sockets"), stderr=subprocess.PIPE, text=True)
     _wait_rows(tmp_path / "K" / f"{xml.stem}.out", 3, proc)
     driver_pids = [
         int(p) for p in subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
