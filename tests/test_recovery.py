@@ -34,9 +34,10 @@ def _input(tmp: Path, structure: Path, tag: str, rel: str = "nve/nve-direct.xml"
     return make.write(make.with_changes(v, name=name, structure=str(structure), **{**common, **changes}), tmp / f"{name}.xml")
 
 
-def _run_cmd(xml: Path, model: Path, workdir: Path, *extra: str) -> list[str]:
+def _run_cmd(xml: Path, model: Path, workdir: Path, *extra: str, transport: str = "sockets") -> list[str]:
+    # sockets by default: these tests kill drivers (auto would serve the model inside i-PI)
     return [sys.executable, "-m", "ipi_ncforces.cli", "run", str(xml), "--model", str(model),
-            "--workdir", str(workdir), "--quiet", "--transport", "sockets", *extra]  # auto would serve in-process
+            "--workdir", str(workdir), "--quiet", "--transport", transport, *extra]
 
 
 def _rows(path: Path) -> int:
@@ -199,10 +200,11 @@ def test_driver_killed_while_ipi_hangs_restarts_ipi_from_checkpoint(box_file, to
 
 
 @pytest.mark.slow
-def test_killed_ipi_is_restarted_from_its_checkpoint(box_file, toy_model_file, tmp_path):
+@pytest.mark.parametrize("transport", ["sockets", "in-process"])
+def test_killed_ipi_is_restarted_from_its_checkpoint(box_file, toy_model_file, tmp_path, transport):
     xml = _input(tmp_path, box_file, "i")
     work = tmp_path / "run"
-    run = Run(_run_cmd(xml, toy_model_file, work))
+    run = Run(_run_cmd(xml, toy_model_file, work, transport=transport))
     out = work / f"{xml.stem}.out"
     t_kill = run.kill_child_after(out, 25, b"i-pi")
     recovery_s = run.seconds_until_new_step(out, t_kill, restart=True)
