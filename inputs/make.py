@@ -258,6 +258,20 @@ def _forcefields(v: Variant, root: etree._Element) -> None:
             _sub(el, "consolidate_messages", str(v.consolidate_messages).lower())
 
 
+def sockets_to_ffdirect(root: etree._Element) -> None:
+    """Replace every ``<ffsocket>`` of an input (or checkpoint) tree by an ``<ffdirect>`` of the
+    same name with our PES (``pbc`` and ``batch_size`` kept; the runner fills in pes_path and
+    parameters as for any ``<ffdirect>``)."""
+    for sock in root.findall("ffsocket"):
+        direct = etree.Element("ffdirect", name=sock.get("name"), **({"pbc": sock.get("pbc")} if sock.get("pbc") else {}))
+        for tag, text in (("pes", "custom"), ("pes_path", ""), ("parameters", "")):
+            _sub(direct, tag, text)
+        if sock.find("batch_size") is not None:
+            _sub(direct, "batch_size", sock.find("batch_size").text.strip())
+        direct.tail = sock.tail
+        sock.getparent().replace(sock, direct)
+
+
 def _force_components(v: Variant, system: etree._Element) -> None:
     forces = _sub(system, "forces")
     contract = {"nbeads": str(v.contract_beads)} if v.contract_beads else {}

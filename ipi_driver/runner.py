@@ -330,21 +330,6 @@ def serve_in_process(args: argparse.Namespace, root: etree._Element, info: Input
     return not args.separate_mts_drivers and shared_mts_pair(info.sockets, modes, model) is not None
 
 
-def sockets_to_ffdirect(root: etree._Element) -> None:
-    """Replace every ``<ffsocket>`` by an ``<ffdirect>`` of the same name (``pbc`` and
-    ``batch_size`` kept; pes_path and parameters are filled in like any ``<ffdirect>``)."""
-    for sock in root.findall("ffsocket"):
-        direct = etree.Element("ffdirect", name=sock.get("name"))
-        if sock.get("pbc") is not None:
-            direct.set("pbc", sock.get("pbc"))
-        for tag, text in (("pes", "custom"), ("pes_path", ""), ("parameters", "")):
-            etree.SubElement(direct, tag).text = text
-        if sock.find("batch_size") is not None:
-            etree.SubElement(direct, "batch_size").text = sock.find("batch_size").text
-        direct.tail = sock.tail
-        sock.getparent().replace(sock, direct)
-
-
 class Progress:
     """Follows i-PI's properties file; reports step, ps, steps/s, ETA."""
 
@@ -421,6 +406,8 @@ def prepare(args: argparse.Namespace, announce: bool = True) -> tuple[Path, Inpu
     if init_file is not None and info.structure is not None:
         init_file.text = f" {info.structure} "
     if serve_in_process(args, root, info, Path(args.model).resolve()):
+        from ipi_ncforces.inputs.make import sockets_to_ffdirect
+
         sockets_to_ffdirect(root)
     # what i-PI will serve: the input's forcefields, or on --resume the checkpoint's (a run
     # resumes with the transport it started with)
