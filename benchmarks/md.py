@@ -200,9 +200,6 @@ def run(cfg: BenchConfig, provider: Provider | None = None) -> dict:
                         if name == f"{ref}-ffdirect":
                             continue
                         entry["ratios"][f"{name}_vs_{ref}-ffdirect"] = speed[name] / speed[f"{ref}-ffdirect"]
-                        if name.startswith("mts"):  # ipi-nc run's default paths on CPU: all in-process
-                            entry.setdefault("default_path_ratios", {})[f"{name}_vs_{ref}-ffdirect"] = \
-                                entry["ratios"][f"{name}_vs_{ref}-ffdirect"]
             # what the socket + driver process add per direct step, relative to in-process
             entry["socket_overhead_direct"] = speed["direct-ffdirect"] / speed["direct"] - 1.0
         result["sizes"].append(entry)
@@ -220,12 +217,18 @@ def run(cfg: BenchConfig, provider: Provider | None = None) -> dict:
                       + " + ".join(f"{k} {x:.1f}" for k, x in profile["model_ms"].items())
                       + f" + driver I/O {profile['driver_socket_io_ms']:.1f} + i-PI/rest {profile['ipi_and_rest_ms']:.1f}",
                       flush=True)
-        for key, ratio in entry.get("default_path_ratios", {}).items():
+        for key, ratio in _default_path_ratios(entry).items():
             print(f"[md] {n_atoms} atoms: default paths of ipi-nc run: {key.replace('_vs_', ' = ')} {ratio:.2f}x", flush=True)
         if "socket_overhead_direct" in entry:
             print(f"[md] {n_atoms} atoms: socket + driver process vs <ffdirect> (direct): "
                   f"{100 * entry['socket_overhead_direct']:+.1f} %", flush=True)
     return result
+
+
+def _default_path_ratios(entry: dict) -> dict[str, float]:
+    """The MTS ratios along ipi-nc run's default CPU paths (all in-process): mtsM-ffdirect against
+    direct-ffdirect and conservative-ffdirect."""
+    return {key: x for key, x in entry["ratios"].items() if key.startswith("mts") and key.endswith("-ffdirect")}
 
 
 def markdown(section: dict) -> str:
@@ -261,9 +264,9 @@ def markdown(section: dict) -> str:
         )
     )
     for entry in section["sizes"]:
-        if entry.get("default_path_ratios"):
+        if _default_path_ratios(entry):
             text += (f"\n\nDefault paths of `ipi-nc run` at {entry['n_atoms']} atoms on CPU (all in-process): "
-                     + ", ".join(f"{k.replace('_vs_', ' = ')} {x:.2f}x" for k, x in entry["default_path_ratios"].items()))
+                     + ", ".join(f"{k.replace('_vs_', ' = ')} {x:.2f}x" for k, x in _default_path_ratios(entry).items()))
     if prof_rows:
         text += "\n\nOne MTS outer step, ms (model passes per outer step from the drivers' exit summaries):\n\n"
         text += markdown_table(["atoms", "variant", "outer step", "model passes", "driver socket I/O",
