@@ -62,6 +62,7 @@ class Preset:
     replicas: int = 1  # NVT runs per case (seeds seed, seed + 1, ...): sigma from their spread
     langevin_ps: float | None = None  # NVT runs with a Langevin (local) thermostat; None: nvt_ps
     nvt_cases: tuple[str, ...] | None = None  # names from NVT_CASES to run; None: all the model can run
+    temperature_k: float = 300.0  # NVT target and NVE start (thermal velocities)
 
     def nvt_length_ps(self, thermostat: str) -> float:
         """Length of one NVT run (ps). A local thermostat couples every atom, so T_H and T_O
@@ -72,7 +73,9 @@ class Preset:
         """The lengths a stage's result depends on: a cached stage with other lengths is redone
         (its MD runs are extended from their checkpoints, never shortened)."""
         if stage == "nve":
-            return {"nve_ps": self.nve_ps}
+            return {"nve_ps": self.nve_ps, "mts_ms": list(self.mts_ms)}
+        if stage == "geop":
+            return {"geop_starts": self.geop_starts, "geop_max_steps": self.geop_max_steps}
         if stage == "nvt":
             lengths = {"nvt_ps": self.nvt_ps, "langevin_ps": self.nvt_length_ps("langevin"), "skip_ps": self.skip_ps,
                        "replicas": self.replicas}
@@ -208,7 +211,7 @@ def _starts(ctx, n: int) -> list[Path]:
 def _variant(name: str, preset: Preset, forces: str, total_ps: float, seed: int, structure: Path,
              **changes) -> make.Variant:
     v = make.Variant(name=name, forces=forces, structure=str(Path(structure).resolve()), seed=seed, steps=1, sockets=preset.sockets,
-                     properties_fs=2.0, positions_fs=10.0, velocities_fs=10.0, forces_fs=1000.0,
+                     temperature_k=preset.temperature_k, properties_fs=2.0, positions_fs=10.0, velocities_fs=10.0, forces_fs=1000.0,
                      checkpoint_fs=100.0, **changes)
     return make.with_changes(v, steps=make.steps_for_time(total_ps, v))
 
@@ -511,11 +514,11 @@ def write_report(out: Path, meta: dict, results: dict) -> dict[str, Path]:
     from ipi_ncforces.analysis.report import markdown_table
 
     recommendation_line = recommendation(results)
-    md = [f"# Audit of {meta['model']}", "", f"Preset `{meta['preset']}`, structure {meta['structure']}, seed {meta['seed']}, "
+    md = [f"# Audit of {meta['model']}", "", f"Preset `{meta['preset']}`, structure {meta['structure']}, {meta.get('temperature_k', 300.0):g} K, seed {meta['seed']}, "
           f"{meta['wall_s']:.0f} s wall.", "", f"**Recommendation:** {recommendation_line}", ""]
     html = [f"<html><head><meta charset='utf-8'><title>Audit of {meta['model']}</title></head><body>",
             f"<h1>Audit of {meta['model']}</h1><p>Preset <code>{meta['preset']}</code>, structure {meta['structure']}, "
-            f"seed {meta['seed']}, {meta['wall_s']:.0f} s wall.</p><p><b>Recommendation:</b> {recommendation_line}</p>"]
+            f"{meta.get('temperature_k', 300.0):g} K, seed {meta['seed']}, {meta['wall_s']:.0f} s wall.</p><p><b>Recommendation:</b> {recommendation_line}</p>"]
     for title, header, rows, notes in sections(results):
         md += [f"## {title}", "", markdown_table(header, rows), ""] + [f"- {n}" for n in notes] + [""]
         html.append(f"<h2>{title}</h2><table border='1' cellpadding='3'><tr>" + "".join(f"<th>{h}</th>" for h in header) + "</tr>")
@@ -581,6 +584,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cases", nargs="+", choices=[c[0] for c in NVT_CASES], metavar="CASE",
                    help="NVT cases to run (default: all the model can run: " + ", ".join(c[0] for c in NVT_CASES)
                    + "); a later run with more cases keeps the finished runs")
+    p.add_argument("--temperature", type=float, default=300.0, metavar="K",
+                   help="NVT target and NVE start temperature (K); the paper's numbers beside ours are at 300 K")
     p.add_argument("--seed", type=int, default=31415, help="velocity / thermostat / geop seed")
     p.add_argument("--threads", type=int, default=1, help="torch threads per process")
     p.add_argument("--jobs", type=int, default=2, help="MD runs at a time (each: i-PI + one driver per forcefield)")
@@ -595,7 +600,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{PROG}: structure file '{args.structure}' (--structure) does not exist", file=sys.stderr)
             return 2
         preset = Preset(**{**asdict(preset), "structure": args.structure})
-    changes = {"replicas": args.replicas, "nvt_ps": args.nvt_ps, "langevin_ps": args.langevin_ps, "skip_ps": args.skip_ps,
+    if not args.temperature > 0:
+        print(f"{PROG}: --temperature must be > 0 K (got {args.temperature:g})", file=sys.stderr)
+        return 2
+    changes = {"temperature_k": args.temperature, "replicas": args.replicas, "nvt_ps": args.nvt_ps, "langevin_ps": args.langevin_ps, "skip_ps": args.skip_ps,
                "sockets": "ffdirect" if args.in_process else None}
     changes = {k: v for k, v in changes.items() if v is not None}
     if changes.get("replicas", 1) < 1:
@@ -635,7 +643,14 @@ def main(argv: list[str] | None = None) -> int:
               + ", ".join(c[0] for c in _nvt_cases(False)), file=sys.stderr)
         return 2
     stages = [s for s in args.stages if has_direct or s != "cost"]  # F needs both heads
+    identity = _identity(args.model, preset, args.seed)
+    clash = _identity_clash(out / IDENTITY_FILE, identity)
+    if clash:
+        print(f"{PROG}: --out '{out}' holds an audit made with {clash}: its stages and MD runs cannot be reused; "
+              "use another --out", file=sys.stderr)
+        return 2
     (out / "stages").mkdir(parents=True, exist_ok=True)
+    (out / IDENTITY_FILE).write_text(json.dumps(identity, indent=2) + "\n")
     (out / "plots").mkdir(parents=True, exist_ok=True)
     units = {"jacobian": 0.05, "cost": 0.05, "nve": preset.nve_ps * ((2 + len(preset.mts_ms)) if has_direct else 1),
              "nvt": sum(preset.nvt_length_ps(c[2]) for c in _nvt_cases(has_direct, preset.nvt_cases)) * preset.replicas, "geop": 2.0}
@@ -664,11 +679,44 @@ def main(argv: list[str] | None = None) -> int:
         if name in ("jacobian", "cost"):
             progress.step(units[name], name)
     meta = {"model": str(args.model), "preset": preset.name, "structure": str(preset.structure), "seed": args.seed,
-            "wall_s": time.monotonic() - t0}
+            "temperature_k": preset.temperature_k, "wall_s": time.monotonic() - t0}
     paths = write_report(out, meta, json.loads(json.dumps(results, default=_json_default)))
     print(f"{PROG}: {recommendation(results)}")
     print(f"{PROG}: report {paths['md']}, {paths['html']}, {paths['json']}")
     return 0
+
+
+IDENTITY_FILE = "audit-settings.json"
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def _identity(model: Path, preset: Preset, seed: int) -> dict:
+    """What every stage and MD run of an audit depends on besides its lengths: the model and
+    structure files (by content), the seed and the temperature (K)."""
+    return {"model_sha256": _sha256(model), "structure_sha256": _sha256(preset.structure), "seed": seed,
+            "temperature_k": preset.temperature_k, "model": str(model), "structure": str(preset.structure)}
+
+
+def _identity_clash(path: Path, identity: dict) -> str | None:
+    """None if the audit folder's settings file (absent: an older or new folder) agrees with
+    ``identity``; else the first differing setting as 'KEY OLD (this run: NEW)'. Paths are
+    informative only: a moved file with the same content is the same audit."""
+    if not path.is_file():
+        return None
+    old = json.loads(path.read_text())
+    for key in ("model_sha256", "structure_sha256", "seed", "temperature_k"):
+        if key in old and old[key] != identity[key]:
+            shown = {"model_sha256": ("another model", old.get("model")),
+                     "structure_sha256": ("another structure", old.get("structure"))}.get(key)
+            if shown:
+                return f"{shown[0]} ({shown[1]}; this run: {identity[key.replace('_sha256', '')]})"
+            return f"{key.replace('_k', '')} {old[key]:g}{' K' if key.endswith('_k') else ''} (this run: {identity[key]:g})"
+    return None
 
 
 def _cached_stage(path: Path, lengths: dict) -> dict | None:

@@ -94,12 +94,14 @@ def test_nvt_replicas_give_sigma_from_their_spread(tmp_path):
     frames[1].positions += 0.01 * (1 + frames[1].numbers[:, None] % 3)  # O and H moved apart a little: another start
     starts = write_ipi_xyz_frames(frames, tmp_path / "starts.xyz")
     assert main([str(SHIPPED_MODELS_DIR / "water-m.pt"), "--quick", "--stages", "nvt", "--replicas", "2",
-                 "--cases", "svr10-direct", "svr10-cons", "--structure", str(starts), "--out", str(tmp_path / "out")]) == 0
+                 "--cases", "svr10-direct", "svr10-cons", "--structure", str(starts), "--temperature", "290",
+                 "--out", str(tmp_path / "out")]) == 0
     tmp_path = tmp_path / "out"
     for k in (0, 1):
         for case in ("svr10-cons", "svr10-direct"):
             xml = (tmp_path / "inputs" / f"{case}-r{k}.xml").read_text()
             assert f"start-{k:02d}.xyz" in xml
+            assert '<temperature units="kelvin"> 290.0 </temperature>' in xml  # --temperature reaches i-PI
             assert (tmp_path / "runs" / f"{case}-r{k}" / "audit-run.log").is_file()
         first = read_structure(tmp_path / "inputs" / "starts" / f"start-{k:02d}.xyz")
         assert abs(first.positions - frames[k].positions).max() < 1e-6
@@ -116,6 +118,7 @@ def test_nvt_replicas_give_sigma_from_their_spread(tmp_path):
     for case in nvt["temperatures"].values():  # the effective sample count and the sampling a user must budget
         assert all(case[k]["n_eff_per_run"] > 0 and case[k]["ps_total_needed"] > 0 for k in ("T_H", "T_O"))
     assert "## Sampling (from the replica spread)" in (tmp_path / "audit.md").read_text()
+    assert ", 290 K, seed" in (tmp_path / "audit.md").read_text()
 
 
 @pytest.mark.slow
@@ -149,6 +152,16 @@ def test_more_cases_and_longer_runs_keep_what_is_finished(tmp_path, capsys):
     assert main(base + ["--nvt-ps", "0.06"]) == 1
     assert "more than the 120 asked for" in capsys.readouterr().err
     assert main(base + ["--nvt-ps", "0.01"]) == 2  # not longer than the 0.02 ps skipped
+    capsys.readouterr()
+    # another temperature, seed or model would extend these runs with other physics: refused, nothing touched
+    for change, named in ((["--temperature", "310"], "temperature 300 K (this run: 310)"),
+                          (["--seed", "7"], "seed 31415 (this run: 7)")):
+        assert main(base + ["--nvt-ps", "0.1"] + change) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and named in err[0] and "another --out" in err[0]
+    other = [str(SHIPPED_MODELS_DIR / "water-c.pt")] + base[1:] + ["--nvt-ps", "0.1"]
+    assert main(other) == 2 and "another model (" in capsys.readouterr().err
+    assert lang_log.stat().st_mtime_ns == lang_before
 
 
 def test_direct_cases_for_an_energy_only_model_are_refused(tmp_path, capsys):
