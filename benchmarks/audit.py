@@ -500,7 +500,7 @@ def sections(results: dict) -> list[tuple[str, list[str], list[list[str]], list[
         out.append(("Diffusion of O (1e-5 cm^2/s) and g(r)", ["run", "D", "D with Yeh-Hummer"], rows, notes))
     if "geop" in results:
         rows = []
-        for system, cases in results["geop"].items():
+        for system, cases in ((k, v) for k, v in results["geop"].items() if k != "lengths"):
             for c in cases:
                 paper = PAPER["geop_success_pct"].get((c["forces"], system)) if c["optimizer"] == "LBFGS" else None
                 rows.append([system, c["optimizer"], c["forces"], f"{100 * c['success_rate']:.0f} ± {100 * c['success_rate_err']:.0f}",

@@ -75,7 +75,8 @@ def test_reference_gets_a_baseline_audit_of_conservative_runs_only(tmp_path):
     assert set(results["nve"]["runs"]) == {"nve-cons"}
     assert abs(results["nve"]["runs"]["nve-cons"]["drift_mev_atom_ps"]) < 1.0
     assert set(results["nvt"]["temperatures"]) == {"svr10-cons", "lang100-cons"} and results["nvt"]["differences"] == {}
-    assert {c["forces"] for cases in results["geop"].values() for c in cases} == {"conservative"}
+    assert results["geop"]["lengths"] == {"geop_starts": 2, "geop_max_steps": 60}  # the stage's cache key
+    assert {c["forces"] for s in ("gas", "liquid") for c in results["geop"][s]} == {"conservative"}
     assert "baseline audit" in report["recommendation"]
     assert "within 2 sigma of equipartition" in report["recommendation"]  # the verdict of the conservative cases
     assert "conservative: |Δ| < 2σ" in (tmp_path / "audit.md").read_text()
