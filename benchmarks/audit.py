@@ -118,6 +118,8 @@ NVT_CASES = (  # (run name, forces, thermostat, tau fs)
 )
 WATER_VISCOSITY_MPAS = 0.85  # Yeh-Hummer term (TIP4P-like water at 300 K)
 RESOLVED_SIGMA_K = 1.5  # sigma of T_H / T_O that resolves the paper's PET-NC split (-4.4 / +9.9 K)
+GEOP_SYSTEMS = ("gas", "liquid")  # keys of the geop stage's result (beside its "lengths")
+IDENTITY_FILE = "audit-settings.json"  # OUT/IDENTITY_FILE: what the folder's stages and runs were made with
 
 
 class Progress:
@@ -360,7 +362,7 @@ def stage_geop(ctx) -> dict:
     from ipi_ncforces.analysis.geop import analyze_study
     from ipi_ncforces.models.structure_io import read_structure
 
-    systems = {"gas": molecule("H2O"), "liquid": read_structure(ctx.preset.structure)}
+    systems = dict(zip(GEOP_SYSTEMS, (molecule("H2O"), read_structure(ctx.preset.structure))))
     out = {}
     for system, atoms in systems.items():
         if system == "gas":
@@ -500,8 +502,8 @@ def sections(results: dict) -> list[tuple[str, list[str], list[list[str]], list[
         out.append(("Diffusion of O (1e-5 cm^2/s) and g(r)", ["run", "D", "D with Yeh-Hummer"], rows, notes))
     if "geop" in results:
         rows = []
-        for system, cases in ((k, v) for k, v in results["geop"].items() if k != "lengths"):
-            for c in cases:
+        for system in (s for s in GEOP_SYSTEMS if s in results["geop"]):
+            for c in results["geop"][system]:
                 paper = PAPER["geop_success_pct"].get((c["forces"], system)) if c["optimizer"] == "LBFGS" else None
                 rows.append([system, c["optimizer"], c["forces"], f"{100 * c['success_rate']:.0f} ± {100 * c['success_rate_err']:.0f}",
                              str(c["n_starts"]), f"{paper}" if paper is not None else "-"])
@@ -514,11 +516,11 @@ def write_report(out: Path, meta: dict, results: dict) -> dict[str, Path]:
     from ipi_ncforces.analysis.report import markdown_table
 
     recommendation_line = recommendation(results)
-    md = [f"# Audit of {meta['model']}", "", f"Preset `{meta['preset']}`, structure {meta['structure']}, {meta.get('temperature_k', 300.0):g} K, seed {meta['seed']}, "
+    md = [f"# Audit of {meta['model']}", "", f"Preset `{meta['preset']}`, structure {meta['structure']}, {meta['temperature_k']:g} K, seed {meta['seed']}, "
           f"{meta['wall_s']:.0f} s wall.", "", f"**Recommendation:** {recommendation_line}", ""]
     html = [f"<html><head><meta charset='utf-8'><title>Audit of {meta['model']}</title></head><body>",
             f"<h1>Audit of {meta['model']}</h1><p>Preset <code>{meta['preset']}</code>, structure {meta['structure']}, "
-            f"{meta.get('temperature_k', 300.0):g} K, seed {meta['seed']}, {meta['wall_s']:.0f} s wall.</p><p><b>Recommendation:</b> {recommendation_line}</p>"]
+            f"{meta['temperature_k']:g} K, seed {meta['seed']}, {meta['wall_s']:.0f} s wall.</p><p><b>Recommendation:</b> {recommendation_line}</p>"]
     for title, header, rows, notes in sections(results):
         md += [f"## {title}", "", markdown_table(header, rows), ""] + [f"- {n}" for n in notes] + [""]
         html.append(f"<h2>{title}</h2><table border='1' cellpadding='3'><tr>" + "".join(f"<th>{h}</th>" for h in header) + "</tr>")
@@ -686,9 +688,6 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-IDENTITY_FILE = "audit-settings.json"
-
-
 def _sha256(path: Path) -> str:
     import hashlib
 
@@ -704,18 +703,17 @@ def _identity(model: Path, preset: Preset, seed: int) -> dict:
 
 def _identity_clash(path: Path, identity: dict) -> str | None:
     """None if the audit folder's settings file (absent: an older or new folder) agrees with
-    ``identity``; else the first differing setting as 'KEY OLD (this run: NEW)'. Paths are
-    informative only: a moved file with the same content is the same audit."""
+    ``identity``; else the first differing setting, old value first. Paths are informative
+    only: a moved file with the same content is the same audit."""
     if not path.is_file():
         return None
     old = json.loads(path.read_text())
-    for key in ("model_sha256", "structure_sha256", "seed", "temperature_k"):
+    for key, text in (("model_sha256", "another model ({old[model]}; this run: {new[model]})"),
+                      ("structure_sha256", "another structure ({old[structure]}; this run: {new[structure]})"),
+                      ("seed", "seed {old[seed]} (this run: {new[seed]})"),
+                      ("temperature_k", "temperature {old[temperature_k]:g} K (this run: {new[temperature_k]:g})")):
         if key in old and old[key] != identity[key]:
-            shown = {"model_sha256": ("another model", old.get("model")),
-                     "structure_sha256": ("another structure", old.get("structure"))}.get(key)
-            if shown:
-                return f"{shown[0]} ({shown[1]}; this run: {identity[key.replace('_sha256', '')]})"
-            return f"{key.replace('_k', '')} {old[key]:g}{' K' if key.endswith('_k') else ''} (this run: {identity[key]:g})"
+            return text.format(old=old, new=identity)
     return None
 
 

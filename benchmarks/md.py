@@ -264,9 +264,9 @@ def markdown(section: dict) -> str:
         )
     )
     for entry in section["sizes"]:
-        if _default_path_ratios(entry):
+        if ratios := _default_path_ratios(entry):
             text += (f"\n\nDefault paths of `ipi-nc run` at {entry['n_atoms']} atoms on CPU (all in-process): "
-                     + ", ".join(f"{k.replace('_vs_', ' = ')} {x:.2f}x" for k, x in _default_path_ratios(entry).items()))
+                     + ", ".join(f"{k.replace('_vs_', ' = ')} {x:.2f}x" for k, x in ratios.items()))
     if prof_rows:
         text += "\n\nOne MTS outer step, ms (model passes per outer step from the drivers' exit summaries):\n\n"
         text += markdown_table(["atoms", "variant", "outer step", "model passes", "driver socket I/O",
