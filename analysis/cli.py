@@ -101,6 +101,9 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--optimizers", default="LBFGS,FIRE", help="ASE optimizers (default LBFGS,FIRE)")
     sp.add_argument("--forces", default="conservative,direct", help="force modes (default conservative,direct)")
     sp.add_argument("--seed", type=int, default=0, help="random seed of the displacements")
+    sp.add_argument("--remove-net-force", action=argparse.BooleanOptionalAction, default=True,
+                    help="direct forces minus their per-structure mean (default, as metatomic-ase and i-PI do); "
+                    "--no-remove-net-force optimises with the raw direct head (our .pt models only)")
     sp = parsers["jacobian"]
     sp.add_argument("--model", required=True, help="model file: ipi-ncforces .pt or metatomic export")
     sp.add_argument("--structure", required=True, nargs="+", help="structure or trajectory files (i-PI xyz, keeping its cell, or anything ASE reads)")
@@ -128,7 +131,7 @@ def run(args: argparse.Namespace) -> dict:
         return module.analyze_study(args.model, args.structure, out, args.starts, args.sigma,
                                   [s.strip() for s in args.optimizers.split(",") if s.strip()],
                                   [s.strip() for s in args.forces.split(",") if s.strip()],
-                                  args.fmax, args.max_steps, args.seed)
+                                  args.fmax, args.max_steps, args.seed, args.remove_net_force)
     if what == "jacobian":
         return module.analyze(args.model, args.structure, out, args.max_frames, args.bins)
     runs = [find_run(r) for r in args.runs]

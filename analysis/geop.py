@@ -177,9 +177,11 @@ def analyze_outputs(runs: list[str], out: Path, fmax_ev_a: float, max_steps: int
 
 def analyze_study(model_path: str, structure: str, out: Path, n_starts: int, sigma_a: float,
                   optimizers: list[str], force_modes: list[str], fmax_ev_a: float, max_steps: int,
-                  seed: int) -> dict:
+                  seed: int, remove_net_force: bool = True) -> dict:
     """geop-study with a model file through ``ipi_ncforces.models.ase_calculator.ModelCalculator``
-    (our .pt files) or metatomic-ase's ``MetatomicCalculator`` (metatomic files)."""
+    (our .pt files) or metatomic-ase's ``MetatomicCalculator`` (metatomic files). Direct
+    forces have their per-structure mean subtracted unless ``remove_net_force`` is False
+    (our .pt files only: metatomic-ase always subtracts it)."""
     from ipi_ncforces.models.ase_calculator import ModelCalculator
     from ipi_ncforces.models.io import ModelFileError
 
@@ -193,12 +195,15 @@ def analyze_study(model_path: str, structure: str, out: Path, n_starts: int, sig
 
         try:
             if model_format(model_path) == METATOMIC:
+                if not remove_net_force and mode == "direct":
+                    raise AnalysisInputError(f"--model {model_path}: metatomic-ase always subtracts the mean direct "
+                                             "force; raw direct heads (--no-remove-net-force) need an ipi-ncforces .pt model")
                 # metatomic files: metatomic-ase's calculator (direct mode: non_conservative_force,
                 # mean force removed by the calculator, as i-PI's PES does)
                 from metatomic_ase import MetatomicCalculator
 
                 return MetatomicCalculator(str(model_path), non_conservative=(mode == "direct"))
-            return ModelCalculator.from_file(model_path, forces=mode)
+            return ModelCalculator.from_file(model_path, forces=mode, remove_net_force=remove_net_force)
         except (ModelFileError, ValueError, OSError, RuntimeError) as exc:
             raise AnalysisInputError(f"--model {model_path}: {str(exc).splitlines()[0]}") from None
 

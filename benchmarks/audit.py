@@ -3,6 +3,10 @@
 Stages (each writes OUT/stages/NAME.json; a rerun of the same command skips finished
 stages and finished MD runs, and continues an interrupted MD run from its checkpoint):
 
+- ``netforce``: the raw direct head's net force |sum_i F_i| (eV/A per structure, mean
+  and max over the frames of the audit structure), an artifact of its own: the MD runs
+  serve direct forces with it removed (the default, as i-PI's metatomic PES does) unless
+  ``--no-remove-net-force``;
 - ``jacobian``: asymmetry lambda of each force head and the closed-path works (meV);
 - ``cost``: F = conservative / direct evaluation time, timed side by side;
 - ``nve``: drift (meV/atom/ps) and heating (K/ps) of conservative, direct and MTS runs
@@ -38,6 +42,7 @@ from pathlib import Path
 import numpy as np
 
 from ipi_ncforces.benchmarks.common import REFERENCE, model_file_or_reference
+from ipi_ncforces.cli import absolute_paths
 from ipi_ncforces.inputs import WATER16_XYZ, WATER64_STARTS_XYZ, make
 from ipi_ncforces.ipi_driver import launch
 from ipi_ncforces.models import SHIPPED_MODELS_DIR
@@ -174,6 +179,8 @@ def _md_runs(ctx, runs: list[tuple[str, make.Variant]]) -> dict[str, Path]:
                              ctx.out / "inputs" / f"{name}.xml")
             cmd = [sys.executable, "-m", "ipi_ncforces.cli", "run", str(xml), "--model", str(ctx.model),
                    "--workdir", str(workdir), "--quiet"]
+            if not ctx.remove_net_force:
+                cmd.append("--no-remove-net-force")
             if (workdir / "RESTART").is_file():
                 cmd += ["--resume", "--steps", str(v.steps)]
                 (workdir / "AUDIT_DONE").unlink(missing_ok=True)
@@ -219,6 +226,29 @@ def _variant(name: str, preset: Preset, forces: str, total_ps: float, seed: int,
 
 
 # ----------------------------------------------------------------------------- stages
+
+
+def stage_netforce(ctx) -> dict:
+    """The raw direct head's net force on every frame of the audit structure (eV/A)."""
+    import torch
+
+    from ipi_ncforces.models.base import Batch
+    from ipi_ncforces.models.loader import NATIVE, load_backend, model_format
+    from ipi_ncforces.models.structure_io import read_structure
+
+    torch.set_num_threads(ctx.threads)
+    dtype = torch.float64 if model_format(ctx.model) == NATIVE else None
+    backend = load_backend(ctx.model, dtype=dtype, neighbor_skin_ang=0.0)
+    frames = read_structure(ctx.preset.structure, index=":")
+    net = np.concatenate([
+        backend.evaluate(Batch.from_ase([atoms], dtype=backend.dtype).to(device=backend.device), conservative=False,
+                         direct=True).direct_forces.detach().to("cpu", torch.float64).numpy().sum(axis=1)
+        for atoms in frames
+    ])  # (frames, 3) eV/A
+    norms = np.linalg.norm(net, axis=1)
+    return {"frames": len(frames), "n_atoms": len(frames[0]), "net_force_mean_ev_ang": float(norms.mean()),
+            "net_force_max_ev_ang": float(norms.max()), "net_force_mean_per_atom_ev_ang": float(norms.mean()) / len(frames[0]),
+            "removed_in_md": ctx.remove_net_force}
 
 
 def stage_jacobian(ctx) -> dict:
@@ -375,14 +405,14 @@ def stage_geop(ctx) -> dict:
         fmax = 1e-5 if system == "gas" else 1e-4  # the paper's thresholds (eV/A)
         study = analyze_study(str(ctx.model), str(path), ctx.out / "geop" / system, ctx.preset.geop_starts, 0.5,
                               ["LBFGS", "FIRE"], ["conservative", "direct"] if ctx.has_direct else ["conservative"],
-                              fmax, ctx.preset.geop_max_steps, ctx.seed)
+                              fmax, ctx.preset.geop_max_steps, ctx.seed, ctx.remove_net_force)
         out[system] = [{k: c[k] for k in ("optimizer", "forces", "n_starts", "success_rate", "success_rate_err")}
                        for c in study["cases"]]
         ctx.progress.step(1.0, f"geometry optimisation, {system}")
     return out
 
 
-STAGES = (("jacobian", stage_jacobian), ("cost", stage_cost), ("nve", stage_nve), ("nvt", stage_nvt),
+STAGES = (("netforce", stage_netforce), ("jacobian", stage_jacobian), ("cost", stage_cost), ("nve", stage_nve), ("nvt", stage_nvt),
           ("geop", stage_geop))
 
 
@@ -441,6 +471,17 @@ def sections(results: dict) -> list[tuple[str, list[str], list[list[str]], list[
                  f"{PAPER['lambda_direct']}" if head == "direct" else "0"] for head, h in results["jacobian"].items()]
         out.append(("Jacobian asymmetry", ["forces", "lambda", "W rotation (meV)", "W stretch loop (meV)", "paper PET lambda"],
                     rows, ["lambda = ||J_anti||_F / ||J||_F (Eq. 7); W = closed-path work (0 if conservative)."]))
+    if "netforce" in results:
+        n = results["netforce"]
+        out.append(("Net force of the direct head", ["frames", "atoms", "mean |ΣF| (eV/A)", "max |ΣF| (eV/A)",
+                                                     "mean |ΣF| / N (eV/A)", "removed in the MD runs"],
+                    [[str(n["frames"]), str(n["n_atoms"]), f"{n['net_force_mean_ev_ang']:.3g}",
+                      f"{n['net_force_max_ev_ang']:.3g}", f"{n['net_force_mean_per_atom_ev_ang']:.3g}",
+                      "yes" if n["removed_in_md"] else "no (--no-remove-net-force)"]],
+                    ["The raw direct head's forces summed over the atoms of each frame of the audit structure: zero "
+                     "for any conservative force. Left in, it accelerates the centre of mass; the MD runs subtract "
+                     "the per-structure mean of the direct forces (default, as i-PI's metatomic PES does) unless "
+                     "the audit runs with --no-remove-net-force."]))
     if "cost" in results:
         c = results["cost"]
         out.append(("Cost of conservation", ["atoms", "direct (ms)", "conservative (ms)", "F", "paper PET F"],
@@ -543,9 +584,9 @@ def write_report(out: Path, meta: dict, results: dict) -> dict[str, Path]:
 
 class _Context:
     def __init__(self, model: Path, out: Path, preset: Preset, seed: int, threads: int, jobs: int, progress: Progress,
-                 has_direct: bool = True):
+                 has_direct: bool = True, remove_net_force: bool = True):
         self.model, self.out, self.preset, self.seed, self.threads, self.progress = model, out, preset, seed, threads, progress
-        self.jobs, self.has_direct = jobs, has_direct
+        self.jobs, self.has_direct, self.remove_net_force = jobs, has_direct, remove_net_force
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -582,6 +623,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--in-process", action="store_true", help="write the MD inputs with <ffdirect> (model inside i-PI, one "
                    "process per MD run; the quick preset always does) instead of <ffsocket>s, which ipi-nc run "
                    "serves in-process on CPU too (--transport auto)")
+    p.add_argument("--remove-net-force", action=argparse.BooleanOptionalAction, default=True,
+                   help="MD runs and geometry optimisations subtract the per-structure mean of the direct forces, as "
+                   "i-PI's metatomic PES does; --no-remove-net-force audits the raw direct head (the netforce stage "
+                   "reports its net force either way)")
     p.add_argument("--stages", nargs="+", choices=[s for s, _ in STAGES], default=[s for s, _ in STAGES])
     p.add_argument("--cases", nargs="+", choices=[c[0] for c in NVT_CASES], metavar="CASE",
                    help="NVT cases to run (default: all the model can run: " + ", ".join(c[0] for c in NVT_CASES)
@@ -596,6 +641,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    absolute_paths(args, "structure", "out")  # MODEL may be the keyword 'qtip4pf': model_file_or_reference resolves it
     preset = PRESETS[args.preset]
     if args.structure is not None:
         if not args.structure.is_file():
@@ -621,7 +667,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{PROG}: {option} ({length:g} ps) must be longer than --skip-ps ({preset.skip_ps:g} ps), which "
                   "must be >= 0", file=sys.stderr)
             return 2
-    out = args.out.resolve()
+    out = args.out
     try:  # 'qtip4pf': the exactly conservative reference, saved under OUT
         args.model = model_file_or_reference(args.model, out, "MODEL")
     except FileNotFoundError as exc:
@@ -644,8 +690,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{PROG}: --cases: model '{args.model}' has no direct head; it can run only "
               + ", ".join(c[0] for c in _nvt_cases(False)), file=sys.stderr)
         return 2
-    stages = [s for s in args.stages if has_direct or s != "cost"]  # F needs both heads
-    identity = _identity(args.model, preset, args.seed)
+    stages = [s for s in args.stages if has_direct or s not in ("cost", "netforce")]  # both need a direct head
+    from ipi_ncforces.models.loader import METATOMIC, model_format
+
+    if not args.remove_net_force and has_direct and "geop" in stages and model_format(args.model) == METATOMIC:
+        print(f"{PROG}: --no-remove-net-force: the geop stage optimises metatomic models with metatomic-ase, which "
+              "always subtracts the mean direct force; leave geop out (--stages) or keep the default", file=sys.stderr)
+        return 2
+    identity = _identity(args.model, preset, args.seed, args.remove_net_force if has_direct else None)
     clash = _identity_clash(out / IDENTITY_FILE, identity)
     if clash:
         print(f"{PROG}: --out '{out}' holds an audit made with {clash}: its stages and MD runs cannot be reused; "
@@ -654,12 +706,13 @@ def main(argv: list[str] | None = None) -> int:
     (out / "stages").mkdir(parents=True, exist_ok=True)
     (out / IDENTITY_FILE).write_text(json.dumps(identity, indent=2) + "\n")
     (out / "plots").mkdir(parents=True, exist_ok=True)
-    units = {"jacobian": 0.05, "cost": 0.05, "nve": preset.nve_ps * ((2 + len(preset.mts_ms)) if has_direct else 1),
+    units = {"netforce": 0.02, "jacobian": 0.05, "cost": 0.05, "nve": preset.nve_ps * ((2 + len(preset.mts_ms)) if has_direct else 1),
              "nvt": sum(preset.nvt_length_ps(c[2]) for c in _nvt_cases(has_direct, preset.nvt_cases)) * preset.replicas, "geop": 2.0}
     cached = {s: _cached_stage(out / "stages" / f"{s}.json", preset.stage_lengths(s)) for s in stages}
     todo = [s for s in stages if cached[s] is None]
     progress = Progress(sum(units[s] for s in todo) or 1.0)
-    ctx = _Context(args.model.resolve(), out, preset, args.seed, args.threads, max(1, args.jobs), progress, has_direct)
+    ctx = _Context(args.model.resolve(), out, preset, args.seed, args.threads, max(1, args.jobs), progress, has_direct,
+                   args.remove_net_force)
     t0 = time.monotonic()
     results = {}
     for name, func in STAGES:
@@ -678,10 +731,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{PROG}: stage {name}: {str(exc).splitlines()[0]}; rerun the command to continue", file=sys.stderr)
             return 1
         path.write_text(json.dumps(results[name], indent=2, default=_json_default) + "\n")
-        if name in ("jacobian", "cost"):
+        if name in ("netforce", "jacobian", "cost"):
             progress.step(units[name], name)
     meta = {"model": str(args.model), "preset": preset.name, "structure": str(preset.structure), "seed": args.seed,
-            "temperature_k": preset.temperature_k, "wall_s": time.monotonic() - t0}
+            "temperature_k": preset.temperature_k, "remove_net_force": identity["remove_net_force"], "wall_s": time.monotonic() - t0}
     paths = write_report(out, meta, json.loads(json.dumps(results, default=_json_default)))
     print(f"{PROG}: {recommendation(results)}")
     print(f"{PROG}: report {paths['md']}, {paths['html']}, {paths['json']}")
@@ -694,11 +747,13 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
-def _identity(model: Path, preset: Preset, seed: int) -> dict:
+def _identity(model: Path, preset: Preset, seed: int, remove_net_force: bool | None = None) -> dict:
     """What every stage and MD run of an audit depends on besides its lengths: the model and
-    structure files (by content), the seed and the temperature (K)."""
+    structure files (by content), the seed, the temperature (K) and, for a model with a
+    direct head, whether its net force is removed (None: no direct head)."""
     return {"model_sha256": _sha256(model), "structure_sha256": _sha256(preset.structure), "seed": seed,
-            "temperature_k": preset.temperature_k, "model": str(model), "structure": str(preset.structure)}
+            "temperature_k": preset.temperature_k, "remove_net_force": remove_net_force, "model": str(model),
+            "structure": str(preset.structure)}
 
 
 def _identity_clash(path: Path, identity: dict) -> str | None:
@@ -714,6 +769,13 @@ def _identity_clash(path: Path, identity: dict) -> str | None:
                       ("temperature_k", "temperature {old[temperature_k]:g} K (this run: {new[temperature_k]:g})")):
         if key in old and old[key] != identity[key]:
             return text.format(old=old, new=identity)
+    if identity.get("remove_net_force") is not None:
+        # folders from before the net force was removed by default have no key: raw direct heads
+        removed = old.get("remove_net_force", False)
+        if removed is not None and removed != identity["remove_net_force"]:
+            text = {True: "the direct net force removed", False: "the raw direct net force (not removed)"}
+            return (f"{text[bool(removed)]} (this run: {text[identity['remove_net_force']]}; "
+                    "--remove-net-force / --no-remove-net-force)")
     return None
 
 

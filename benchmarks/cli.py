@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 from ipi_ncforces.benchmarks.common import SIZES_ATOMS, BenchConfig, base_water, machine_info, resolve_model, write_json
+from ipi_ncforces.cli import absolute_paths
 
 BENCHMARKS = ("cost", "scaling", "md", "overhead", "pimd")
 OPT_IN = ("soak", "metatomic", "equipartition")  # only when named in --only
@@ -69,6 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    absolute_paths(args, "model", "out")  # the drivers and i-PI run in OUT/work/...: no relative path may reach them
 
     def fail(message: str) -> int:
         print(f"ipi-nc bench: {message}", file=sys.stderr)
@@ -85,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.soak_steps is not None and args.soak_steps < 1:
         return fail("--soak-steps must be >= 1")
     torch.set_num_threads(args.threads)
-    out = Path(args.out).resolve()  # i-PI runs in its own workdir: paths in its input must not be relative
+    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     gpu = args.device.startswith("cuda")
     try:

@@ -12,6 +12,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from ipi_ncforces.cli import absolute_paths
 from ipi_ncforces.inputs import make
 from ipi_ncforces.inputs.validate import InputValidationError, validate_file
 
@@ -81,6 +82,9 @@ def _variant_from_args(args: argparse.Namespace) -> make.Variant:
 
 def main(argv: list[str] | None = None) -> int:
     args = _make_parser().parse_args(argv)
+    # --model goes into <ffdirect> parameters, read by i-PI wherever it runs; --structure stays
+    # as typed: it is written relative to the XML's folder, as the shipped inputs are
+    absolute_paths(args, "model")
     try:
         if args.command == "list":
             for rel, v in make.shipped_variants().items():

@@ -24,6 +24,7 @@ import sys
 import time
 from pathlib import Path
 
+from ipi_ncforces.cli import absolute_paths
 from ipi_ncforces.inputs import WATER64_XYZ, make
 from ipi_ncforces.models import SHIPPED_MODELS_DIR
 
@@ -45,16 +46,17 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    absolute_paths(args, "out", "model", "structure")  # each run's i-PI and drivers run in OUT/<case>
     for path, what in ((args.model, "--model"), (args.structure, "--structure")):
         if not path.is_file():
             print(f"ipi-nc demo: {what} file '{path}' does not exist", file=sys.stderr)
             return 2
-    out = args.out.resolve()
+    out = args.out
     out.mkdir(parents=True, exist_ok=True)
     run_dirs = []
     for forces, name in CASES:
         v = make.Variant(name=f"demo-{name}", forces=forces, dt_fs=args.dt_fs, mts_m=args.mts_m, seed=args.seed,
-                         structure=str(args.structure.resolve()), steps=1, properties_fs=4.0 if forces == "mts" else 2.0,
+                         structure=str(args.structure), steps=1, properties_fs=4.0 if forces == "mts" else 2.0,
                          positions_fs=100.0, velocities_fs=100.0, forces_fs=100.0, checkpoint_fs=1000.0)
         v = make.with_changes(v, steps=make.steps_for_time(args.time_ps, v))
         xml = make.write(v, out / "inputs" / f"{name}.xml")

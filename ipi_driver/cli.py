@@ -117,8 +117,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--remove-net-force",
-        action="store_true",
-        help="subtract the mean force so the total force is zero (direct/correction modes; default off)",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="subtract the per-structure mean of the direct forces so they sum to zero (direct and correction "
+        "modes; conservative forces already do), as i-PI's metatomic PES does. Default on; "
+        "--no-remove-net-force serves the raw direct head (its net force drifts the centre of mass)",
     )
     parser.add_argument(
         "--extras-other-head",

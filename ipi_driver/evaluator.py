@@ -73,8 +73,11 @@ class ForceEvaluator:
       the evaluator talks to it only through the backend interface (``self.backend``).
     species: (N,) atomic numbers of the structure i-PI simulates, in i-PI's atom order.
     mode: one of FORCE_MODES.
-    remove_net_force: subtract the mean force so the net force is zero (direct forces
-      have a non-zero sum that drifts the centre of mass).
+    remove_net_force: subtract the per-structure mean of the direct forces (direct and
+      correction modes) so their sum is zero, as i-PI's ``metatomic`` PES and
+      metatomic-ase do. On by default: a direct head's forces have a non-zero sum (no
+      Newton's third law) that accelerates the centre of mass. False serves the raw head.
+      Conservative forces sum to zero by construction and are never changed.
     max_force_ev_ang: replies with |F| above this (eV/A) are refused as absurd.
     extras_other_head: also return the other head's forces (eV/A) in the extras JSON.
     neighbor_skin_ang: if > 0, keep neighbour lists between requests in a
@@ -88,7 +91,7 @@ class ForceEvaluator:
         species: np.ndarray | list[int],
         mode: str = CONSERVATIVE,
         *,
-        remove_net_force: bool = False,
+        remove_net_force: bool = True,
         max_force_ev_ang: float = 1000.0,
         extras_other_head: bool = False,
         neighbor_skin_ang: float = 0.0,

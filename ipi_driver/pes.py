@@ -16,7 +16,8 @@ Inside i-PI, no socket at all::
 Parameters: ``model`` (.pt file), ``template`` (any ASE-readable structure with i-PI's
 atom order, used for the species), ``mode`` (conservative | direct | correction),
 ``device`` (cpu, cuda, cuda:1), ``dtype`` (float32 | float64; default float64 on CPU,
-float32 on CUDA), ``remove_net_force`` (bool), ``neighbor_skin`` (Verlet skin in A for
+float32 on CUDA), ``remove_net_force`` (bool, default true: the mean direct force is
+subtracted, as in i-PI's ``metatomic`` PES; false serves the raw direct head), ``neighbor_skin`` (Verlet skin in A for
 neighbour lists kept between calls; default 0.5 on CPU, 0 = off, the default on CUDA); for metatomic
 model files also ``variant``, ``extensions`` (directory) and ``check_consistency`` (bool). i-PI batches (``batch_size``) arrive as
 lists and are evaluated in ONE model call.
@@ -63,7 +64,7 @@ class NCForcesDriver(Dummy_driver):
         mode: str = "conservative",
         device: str = "cpu",
         dtype: str | None = None,
-        remove_net_force=False,
+        remove_net_force=True,
         neighbor_skin=None,
         variant=None,
         extensions=None,

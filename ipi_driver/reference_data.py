@@ -36,6 +36,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from ipi_ncforces.cli import absolute_paths
 from ipi_ncforces.inputs import WATER64_XYZ, make
 from ipi_ncforces.ipi_driver import launch
 from ipi_ncforces.ipi_driver.runner import PES_PATH
@@ -294,6 +295,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """``ipi-nc reference-data``: returns the exit code."""
     args = build_parser().parse_args(argv)
+    absolute_paths(args, "out", "structure", "workdir", "start_structure")  # i-PI runs in WORKDIR/<segment>
 
     def fail(message: str) -> int:
         print(f"ipi-nc reference-data: {message}", file=sys.stderr)

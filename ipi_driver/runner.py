@@ -51,6 +51,7 @@ from pathlib import Path
 
 from lxml import etree
 
+from ipi_ncforces.cli import absolute_paths
 from ipi_ncforces.ipi_driver import launch
 from ipi_ncforces.models.modes import CONSERVATIVE, CORRECTION, DIRECT, DIRECT_HEAD, ENERGY_HEAD, FORCE_MODES
 
@@ -255,12 +256,15 @@ def truncate_outputs(workdir: Path, prefix: str, keep_below_step: int) -> None:
 
 
 def driver_command(
-    spec: SocketSpec, mode: str, model: Path, structure: Path, device: str, sockets_prefix: str, kind: str
+    spec: SocketSpec, mode: str, model: Path, structure: Path, device: str, sockets_prefix: str, kind: str,
+    remove_net_force: bool = True,
 ) -> list[str]:
-    """The command line of one driver for one socket (``ipi-nc driver`` contract)."""
+    """The command line of one driver for one socket (``ipi-nc driver`` contract). ``remove_net_force``
+    reaches the stock driver's PES here; ``ipi-nc driver`` gets it from :func:`_driver_options`."""
     if kind == "stock":  # i-PI's own client with our PES class (no ipi-nc driver needed)
         cmd = [launch.find_executable("i-pi-py_driver"), "-m", "custom", "-P", str(PES_PATH)]
-        cmd += ["-o", f"model={model},template={structure},mode={mode},device={device}"]
+        options = f"model={model},template={structure},mode={mode},device={device}"
+        cmd += ["-o", options + ("" if remove_net_force else ",remove_net_force=false")]
         if spec.mode == "unix":
             return cmd + ["-u", "-a", spec.address, "-S", sockets_prefix]
         return cmd + ["-a", spec.address, "-p", str(spec.port)]
@@ -422,6 +426,7 @@ def prepare(args: argparse.Namespace, announce: bool = True) -> tuple[Path, Inpu
         mode = driver_mode(el.get("name"), args.mode_overrides)
         el.find("pes_path").text = f" {PES_PATH} "
         extra = "".join(f", {k}: {v}" for k, v in (("variant", args.variant), ("extensions", args.extensions)) if v)
+        extra += "" if args.remove_net_force else ", remove_net_force: false"
         el.find("parameters").text = f" {{model: {Path(args.model).resolve()}, template: {info.structure}, mode: {mode}, device: {args.device}{extra}}} "
     _ffsockets_survive_driver_kills(tree)
     xml = workdir / ("resume.xml" if args.resume else "input.xml")
@@ -431,9 +436,9 @@ def prepare(args: argparse.Namespace, announce: bool = True) -> tuple[Path, Inpu
     return xml, info, start_step
 
 
-def _metatomic_driver_args(args: argparse.Namespace) -> list[str]:
-    """--variant / --extensions for the drivers of a metatomic model."""
-    out = []
+def _driver_options(args: argparse.Namespace) -> list[str]:
+    """--no-remove-net-force, and --variant / --extensions for the drivers of a metatomic model."""
+    out = [] if args.remove_net_force else ["--no-remove-net-force"]
     if args.variant:
         out += ["--variant", args.variant]
     if args.extensions:
@@ -561,12 +566,13 @@ def _launch(args, xml: Path, info: InputInfo, start_step: int, model: Path, mode
             }
         else:
             commands = {
-                f"{s.name}-{k}": driver_command(s, modes[s.name], model, info.structure, args.device, info.sockets_prefix, args.driver)
+                f"{s.name}-{k}": driver_command(s, modes[s.name], model, info.structure, args.device, info.sockets_prefix, args.driver,
+                                                args.remove_net_force)
                 for s in info.sockets
                 for k in range(args.drivers)
             }
         if args.driver == "ipi-nc":
-            commands = {label: cmd + _metatomic_driver_args(args) for label, cmd in commands.items()}
+            commands = {label: cmd + _driver_options(args) for label, cmd in commands.items()}
         for label, cmd in commands.items():
             drivers.append(launch.start_process(cmd, workdir, f"driver-{label}.log", threads, label))
         return _follow(args, ipi, drivers, commands, threads, info, start_step, stop_signal, recoveries)
@@ -688,6 +694,9 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", help="torch device for the drivers: cpu, cuda, cuda:K (default cpu)")
     p.add_argument("--variant", help="metatomic models: output variant (energy/VARIANT, non_conservative_force/VARIANT)")
     p.add_argument("--extensions", metavar="DIR", help="metatomic models: directory with the model's TorchScript extensions")
+    p.add_argument("--remove-net-force", action=argparse.BooleanOptionalAction, default=True,
+                   help="subtract the per-structure mean of the direct forces (direct and MTS forcefields), as i-PI's "
+                   "metatomic PES does (default on); --no-remove-net-force serves the raw direct head")
     p.add_argument("--drivers", type=int, default=1, help="driver processes per socket (default 1)")
     p.add_argument("--workdir", help="run directory (default runs/<input stem>)")
     p.add_argument("--steps", type=int, help="override <total_steps> (outer steps)")
@@ -725,6 +734,7 @@ def make_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
+    absolute_paths(args, "input", "model", "extensions", "workdir")  # i-PI and the drivers run in the workdir
     if args.drivers < 1:
         print("ipi-nc run: --drivers must be >= 1", file=sys.stderr)
         return 2

@@ -205,7 +205,7 @@ def build_shared_pass(
     structure_path: str,
     device: str = "cpu",
     dtype: str | None = None,
-    remove_net_force: bool = False,
+    remove_net_force: bool = True,
     extras_other_head: bool = False,
     neighbor_skin_ang: float | None = None,
     variant: str | None = None,

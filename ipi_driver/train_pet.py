@@ -23,6 +23,7 @@ import sys
 import time
 from pathlib import Path
 
+from ipi_ncforces.cli import absolute_paths
 from ipi_ncforces.inputs import WATER64_XYZ
 from ipi_ncforces.ipi_driver import launch
 from ipi_ncforces.models.pet_training import KINDS, PET_HYPERS, split_frames
@@ -146,6 +147,7 @@ def _record(model: Path, evaluation: dict, training_time_s: float, args) -> dict
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    absolute_paths(args, "out", "data", "structure")  # metatrain runs in OUT/pet-KIND
     try:
         import metatrain  # noqa: F401
     except ImportError:

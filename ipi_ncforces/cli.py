@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import sys
+from pathlib import Path
 
 # subcommand -> ("module:function", one-line summary). Each function takes argv.
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
@@ -24,6 +25,23 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "audit": ("ipi_ncforces.benchmarks.audit:main", "the paper's artifact battery for one model: report md/html/json"),
     "bench": ("ipi_ncforces.benchmarks.cli:main", "cost of conservation, MTS speed-up, driver overhead"),
 }
+
+
+def absolute_paths(args, *names: str) -> None:
+    """Make the path options ``names`` of parsed ``args`` absolute, in place (``~`` expanded,
+    relative to the current directory; lists element by element; None or absent kept; a
+    str stays a str, a Path a Path). Subcommands call it right after ``parse_args``: i-PI
+    and the drivers run in a workdir and i-PI inputs hold the paths, so no path the user
+    typed may stay relative once anything runs in another directory."""
+
+    def absolute(value):
+        path = Path(value).expanduser().resolve()
+        return path if isinstance(value, Path) else str(path)
+
+    for name in names:
+        value = getattr(args, name, None)
+        if value is not None:
+            setattr(args, name, [absolute(v) for v in value] if isinstance(value, list) else absolute(value))
 
 
 def _usage() -> str:

@@ -8,7 +8,9 @@ Units are ASE's: energy eV, forces eV/A, stress eV/A^3 (Voigt order xx, yy, zz, 
 ``forces="conservative"``: F = -dE/dr and stress = -W/V from the virial W = -dE/dstrain
 (autograd, ipi_ncforces.models.base.evaluate). ``forces="direct"``: the direct head (no autograd graph);
 the energy comes from the energy head if the model has one, stress from the direct virial
-if the model predicts one. What a model cannot give is left out of ``implemented_properties``
+if the model predicts one. Direct forces are served with their per-structure mean
+subtracted (``remove_net_force=True``, the default, as metatomic-ase's calculator and
+i-PI's metatomic PES do); ``remove_net_force=False`` gives the raw head. What a model cannot give is left out of ``implemented_properties``
 (ASE's convention), so asking for it raises ``PropertyNotImplementedError``; e.g. a
 direct-only model has no energy.
 """
@@ -31,6 +33,8 @@ class ModelCalculator(Calculator):
     model: the potential (already on ``device``/``dtype`` or moved there here).
     forces: "conservative" (F = -dE/dr) or "direct" (the model's direct head).
     device: torch device string; dtype: torch.float64 (default) or torch.float32.
+    remove_net_force: direct forces only: subtract their mean (eV/A) so they sum to zero
+      (default); False returns the raw direct head, whose net force drifts the centre of mass.
     implemented_properties (per instance): forces always; energy and free_energy when
     conservative or the model has an energy head; stress (periodic cells only) when
     conservative or the model predicts a direct virial.
@@ -39,7 +43,7 @@ class ModelCalculator(Calculator):
     implemented_properties = ["energy", "free_energy", "forces", "stress"]
 
     def __init__(self, model: PotentialModel, forces: str = CONSERVATIVE, device: str = "cpu",
-                 dtype: torch.dtype = torch.float64, **kwargs):
+                 dtype: torch.dtype = torch.float64, remove_net_force: bool = True, **kwargs):
         super().__init__(**kwargs)
         if forces not in SINGLE_FORCE_MODES:
             raise ValueError(f"forces='{forces}' is not one of {', '.join(SINGLE_FORCE_MODES)}")
@@ -47,6 +51,7 @@ class ModelCalculator(Calculator):
             model.require_head(head)
         self.model = model.to(device=device, dtype=dtype).eval()
         self.force_mode = forces
+        self.remove_net_force = remove_net_force
         self.device = device
         self.dtype = dtype
         conservative = forces == CONSERVATIVE
@@ -58,12 +63,14 @@ class ModelCalculator(Calculator):
             self.implemented_properties.append("stress")
 
     @classmethod
-    def from_file(cls, path: str | Path, forces: str = CONSERVATIVE, device: str = "cpu", dtype=torch.float64):
+    def from_file(cls, path: str | Path, forces: str = CONSERVATIVE, device: str = "cpu", dtype=torch.float64,
+                  remove_net_force: bool = True):
         """Load a model file (ipi_ncforces.models.io.save_model) and wrap it; ModelFileError if it lacks the head."""
         from ipi_ncforces.models.io import load_model
 
         heads = HEADS_FOR_MODE.get(forces, ())
-        return cls(load_model(path, require_heads=heads, device=device, dtype=dtype), forces, device, dtype)
+        model = load_model(path, require_heads=heads, device=device, dtype=dtype)
+        return cls(model, forces, device, dtype, remove_net_force=remove_net_force)
 
     def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes) -> None:
         super().calculate(atoms, properties, system_changes)
@@ -80,6 +87,8 @@ class ModelCalculator(Calculator):
         else:
             p = evaluate(self.model, batch, conservative=False, direct=True, energy=self.energy_available)
             energy, forces, virial = p.energy, p.direct_forces, p.direct_virial
+            if self.remove_net_force:
+                forces = forces - forces.mean(dim=1, keepdim=True)
 
         self.results = {"forces": forces.detach().to("cpu", torch.float64).numpy()[0]}
         if energy is not None:

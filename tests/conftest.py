@@ -218,17 +218,21 @@ class Session:
 
         return ase.io.read(str(self.dir / name), index=":", format="extxyz")
 
-    def model_prediction(self, frames, mode, model_path=None):
-        """(energies eV (B,), forces eV/A (B,N,3)) of the saved model in ``mode``, float64."""
+    def model_prediction(self, frames, mode, model_path=None, remove_net_force=True):
+        """(energies eV (B,), forces eV/A (B,N,3)) of the saved model in ``mode``, float64; direct
+        and correction forces minus their per-structure mean unless ``remove_net_force`` is False
+        (the driver's default and its --no-remove-net-force)."""
         model = load_model(model_path or self.model, dtype=torch.float64)
         batch = Batch.from_ase(frames)
         if mode == "direct":
             p = evaluate(model, batch, conservative=False, direct=True)
-            return p.energy.numpy(), p.direct_forces.numpy()
-        p = evaluate(model, batch, conservative=True, direct=(mode == "correction"))
-        if mode == "correction":
-            return np.zeros(len(frames)), (p.forces - p.direct_forces).numpy()
-        return p.energy.numpy(), p.forces.numpy()
+            energy, forces = p.energy.numpy(), p.direct_forces.numpy()
+        else:
+            p = evaluate(model, batch, conservative=True, direct=(mode == "correction"))
+            if mode != "correction":
+                return p.energy.numpy(), p.forces.numpy()
+            energy, forces = np.zeros(len(frames)), (p.forces - p.direct_forces).numpy()
+        return energy, forces - forces.mean(axis=1, keepdims=True) if remove_net_force else forces
 
     def check_recorded_against_model(self, mode, nbeads=1, prefix="sim") -> int:
         """Compare every recorded frame of every bead with the model; returns the number of frames."""

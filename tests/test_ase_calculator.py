@@ -40,13 +40,21 @@ def test_conservative_results_match_evaluate_and_stress_is_the_strain_derivative
     assert np.allclose(atoms.get_stress(), numerical, atol=1e-6)
 
 
-def test_direct_mode_returns_the_direct_head(box16):
+def test_direct_mode_returns_the_direct_head_without_its_net_force(box16):
+    """Direct forces minus their mean by default (as metatomic-ase and i-PI's metatomic PES);
+    remove_net_force=False gives the raw head, whose net force is not zero (asymmetry 0.3)."""
     model = PairToyModel(asymmetry=0.3)
     atoms = box16.copy()
-    atoms.calc = ModelCalculator(model, forces="direct")
     p = evaluate(model, Batch.from_ase([atoms]), conservative=False, direct=True)
-    assert np.allclose(atoms.get_forces(), p.direct_forces[0].numpy(), atol=1e-12)
+    raw = p.direct_forces[0].numpy()
+    assert np.linalg.norm(raw.sum(axis=0)) > 1e-3  # the toy's direct head has a net force
+    atoms.calc = ModelCalculator(model, forces="direct", remove_net_force=False)
+    assert np.allclose(atoms.get_forces(), raw, atol=1e-12)
+    atoms.calc = ModelCalculator(model, forces="direct")
+    assert np.allclose(atoms.get_forces(), raw - raw.mean(axis=0), atol=1e-12)
+    assert np.abs(atoms.get_forces().sum(axis=0)).max() < 1e-10
     cons = ModelCalculator(model, forces="conservative").get_forces(atoms)
+    assert np.abs(cons.sum(axis=0)).max() < 1e-10  # conservative: zero by construction, left as it is
     assert np.abs(atoms.get_forces() - cons).max() > 1e-4  # the two modes really differ
     with pytest.raises(PropertyNotImplementedError):
         atoms.get_stress()  # the toy model predicts no direct virial
@@ -60,7 +68,8 @@ def test_direct_only_model_has_no_energy_and_refuses_conservative(tmp_path, box1
     assert atoms.calc.implemented_properties == ["forces"]
     full = PairToyModel()
     p = evaluate(full, Batch.from_ase([atoms]), conservative=False, direct=True)
-    assert np.allclose(atoms.get_forces(), p.direct_forces[0].numpy(), atol=1e-12)
+    raw = p.direct_forces[0].numpy()
+    assert np.allclose(atoms.get_forces(), raw - raw.mean(axis=0), atol=1e-12)
     for ask in (atoms.get_potential_energy, atoms.get_total_energy, atoms.get_stress):
         with pytest.raises(PropertyNotImplementedError):
             ask()

@@ -22,7 +22,10 @@ def quick_audit(tmp_path_factory):
 def test_quick_audit_report_holds_every_stage(quick_audit):
     report = json.loads((quick_audit / "audit.json").read_text())
     results = report["results"]
-    assert set(results) == {"jacobian", "cost", "nve", "nvt", "geop"}
+    assert set(results) == {"netforce", "jacobian", "cost", "nve", "nvt", "geop"}
+    # the raw direct head has a net force; the MD runs serve it removed (the default)
+    assert results["netforce"]["net_force_max_ev_ang"] >= results["netforce"]["net_force_mean_ev_ang"] > 1e-3
+    assert results["netforce"]["removed_in_md"] is True and report["meta"]["remove_net_force"] is True
     # conservative forces have a symmetric Jacobian and do no work around a loop; direct ones do not
     assert results["jacobian"]["conservative"]["lambda"] < 1e-10
     assert results["jacobian"]["direct"]["lambda"] > 1e-3
@@ -40,7 +43,7 @@ def test_quick_audit_report_holds_every_stage(quick_audit):
     assert {c["optimizer"] for c in results["geop"]["gas"]} == {"LBFGS", "FIRE"}
     assert report["recommendation"].startswith("MTS M=")
     md = (quick_audit / "audit.md").read_text()
-    for title in ("Jacobian asymmetry", "Cost of conservation", "NVE", "NVT temperatures", "Geometry optimisation"):
+    for title in ("Net force of the direct head", "Jacobian asymmetry", "Cost of conservation", "NVE", "NVT temperatures", "Geometry optimisation"):
         assert f"## {title}" in md
     assert "paper PET" in md and "+0.3 / -4.4 / +9.9" in md  # the paper's SVR NC row beside ours
     html = (quick_audit / "audit.html").read_text()
@@ -52,8 +55,39 @@ def test_rerun_keeps_finished_stages(quick_audit, capsys):
     before = (quick_audit / "stages" / "nve.json").read_text()
     assert main([str(SHIPPED_MODELS_DIR / "water-m.pt"), "--quick", "--out", str(quick_audit)]) == 0
     printed = capsys.readouterr().out
-    assert printed.count("done earlier, kept") == 5 and "[audit " not in printed.replace("[audit] ", "")
+    assert printed.count("done earlier, kept") == 6 and "[audit " not in printed.replace("[audit] ", "")
     assert (quick_audit / "stages" / "nve.json").read_text() == before
+
+
+def test_netforce_stage_and_a_rerun_with_the_other_net_force_setting(tmp_path, capsys):
+    """The netforce stage gives the raw head's net force on every frame (independently summed
+    here); the same --out with --no-remove-net-force is refused (its MD runs would mix physics),
+    as is an audit folder from before the default (no key: raw direct forces)."""
+    import numpy as np
+    import torch
+
+    from ipi_ncforces.inputs import WATER16_XYZ
+    from ipi_ncforces.models.base import Batch, evaluate
+    from ipi_ncforces.models.io import load_model
+    from ipi_ncforces.models.structure_io import read_structure
+
+    model = SHIPPED_MODELS_DIR / "water-m.pt"
+    assert main([str(model), "--quick", "--stages", "netforce", "--out", str(tmp_path)]) == 0
+    stage = json.loads((tmp_path / "stages" / "netforce.json").read_text())
+    frames = read_structure(WATER16_XYZ, index=":")
+    raw = evaluate(load_model(model, dtype=torch.float64), Batch.from_ase(frames), conservative=False, direct=True)
+    norms = raw.direct_forces.sum(dim=1).norm(dim=1).numpy()
+    assert stage["frames"] == len(frames) and abs(stage["net_force_mean_ev_ang"] - float(np.mean(norms))) < 1e-9
+    capsys.readouterr()
+    assert main([str(model), "--quick", "--stages", "netforce", "--no-remove-net-force", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "the direct net force removed" in err and "--no-remove-net-force" in err
+    settings = tmp_path / "audit-settings.json"
+    old = json.loads(settings.read_text())
+    del old["remove_net_force"]
+    settings.write_text(json.dumps(old))
+    assert main([str(model), "--quick", "--stages", "netforce", "--out", str(tmp_path)]) == 2
+    assert "raw direct net force (not removed)" in capsys.readouterr().err
 
 
 def test_direct_only_model_is_refused_with_one_line(tmp_path, capsys):

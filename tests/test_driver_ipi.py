@@ -83,10 +83,11 @@ def _com_drift_ang(session, prefix):
 def test_remove_net_force_stops_centre_of_mass_drift(tmp_path, new_session):
     """Direct forces of the toy model (asymmetry 0.5) have a net force F_net; starting at
     rest without i-PI's fixcom, the centre of mass accelerates as F_net/M. With
-    --remove-net-force the total force is zero, momentum is conserved and the COM stays."""
+    the driver's default (net force removed) the total force is zero, momentum is conserved
+    and the COM stays; --no-remove-net-force serves the raw head."""
     sessions = {}
     try:
-        for tag, extra in (("raw", ()), ("removed", ("--remove-net-force",))):
+        for tag, extra in (("raw", ("--no-remove-net-force",)), ("removed", ())):
             (tmp_path / tag).mkdir()
             s = sessions[tag] = new_session(tmp_path / tag)
             s.model = save_model(PairToyModel(asymmetry=0.5), s.dir / "toy.pt")
@@ -102,7 +103,7 @@ def test_remove_net_force_stops_centre_of_mass_drift(tmp_path, new_session):
             s.close()
     # expected without removal: |F_net| / M * t^2 / 2 at t = 40 fs, F_net from the model at step 0
     frames = sessions["raw"].frames("sim.pos_0.extxyz")
-    _, forces = sessions["raw"].model_prediction(frames[:1], "direct")
+    _, forces = sessions["raw"].model_prediction(frames[:1], "direct", remove_net_force=False)
     net_force = np.linalg.norm(forces[0].sum(axis=0)) * unit_to_internal("force", "ev/ang", 1.0)
     mass = sum(Elements.mass(s) for s in frames[0].get_chemical_symbols())
     t = unit_to_internal("time", "femtosecond", 40.0)
